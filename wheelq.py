@@ -1,0 +1,1779 @@
+"""wheelq: a durable delay queue in a single file.
+
+Single file, no dependencies other than the Python standard library (POSIX
+only: it uses ``fcntl.flock``).  Copy ``wheelq.py`` beside a script, or
+``pip install`` it.
+
+    wheel = wheelq.Wheel("tasks.json")
+
+    @wheel.task()
+    def close_unpaid_order(order_id):
+        ...
+
+    close_unpaid_order.delay(42, count_down=1800)
+    wheel.run_forever()
+
+Design
+------
+*Ring.*  A hashed timing wheel of ``slots`` slots (3600 by default).  Tick
+``k`` stands for the instant ``k * tick``; a task due at ``due`` belongs to the
+first tick with ``k * tick >= due``, so it never fires early.  Its slot is
+``k % slots`` and its round ``k // slots``.  Each slot is a dict keyed by the
+absolute tick (which names the round) holding a single record, or an
+insertion-ordered dict of records when the tick holds several.  Adding and
+cancelling are O(1); processing a tick pops one key, so an idle tick costs the
+same with a million tasks pending as with ten.  Each slot also keeps a heap of
+its ticks, so a timer that wakes up more than a whole revolution late catches
+up with one sweep of the slots: O(slots + due), not O(ticks missed).  The ring
+is pure data: no locks, no I/O, no clock.
+
+*Journal.*  A JSON Lines file: a ``{"wheelq": 1}`` header, then one record per
+line (``add``, ``done``, ``retry``, ``fail``, ``cancel``, ``requeue``,
+``purge``).  Each record is one ``write()`` to a file opened with ``O_APPEND``,
+so whole lines never interleave.  A task leaves the journal (a ``done``
+record) only after its function returned, so execution is *at least once*:
+tasks should be idempotent.  Arguments are JSON; nothing in the journal is
+ever evaluated, and only registered task names run.  In this process a task
+receives the argument objects it was given; after a restart it receives them
+as JSON decoded them (tuples become lists, dict keys become strings).
+
+*One owner, many producers.*  ``start()`` takes an exclusive ``flock`` on
+``<path>.lock``; that process owns the journal: it replays it, runs the tasks
+and compacts the file.  Any other ``Wheel(path)`` that is never started is a
+producer: it appends records under ``flock`` on the journal, marked
+``"p":1``, and the owner takes them in at its next tick.  A producer never
+replays the journal to ``delay()``; ``get()``, ``pending()`` and friends read
+it incrementally.  ``start(standby=True)`` waits for the owner lock and takes
+over when the owner exits or dies.
+
+*Threads.*  One timer thread (``wheelq-timer``) wraps ``Wheel.tick()``; a
+bounded ``queue.Queue`` of small batches feeds ``workers`` threads
+(``wheelq-worker-N``).  A full queue makes the timer wait in short steps
+(backpressure); ``delay()`` keeps working meanwhile.  Lock order is always
+journal lock, then state lock; no I/O and no user code runs under the state
+lock.
+
+Decisions the design contract leaves open
+-----------------------------------------
+* ``pending()`` lists every task not yet finished and not a dead letter:
+  its ``status`` says whether it is pending, queued or running.
+* ``delay(task_id=X)`` while a dead letter holds ``X`` raises ``WheelqError``:
+  requeue or purge the dead letter first.  Nothing is replaced silently.
+* ``requeue()`` resets ``tries`` so the task gets its full retries again.
+* ``TaskHandle.status()`` remembers the last 65,536 finished ids of this
+  process; an older finished id reads ``"unknown"``.
+* A producer's ``cancel()`` is journaled for a task the producer sees
+  pending; if the owner has already started it, it runs to the end.
+* ``tick()`` on a journal-backed wheel that was never started refuses: only
+  the owner runs tasks.  Eager mode is for ``Wheel()`` in memory.
+* The ``done`` records of one batch are written together after the batch, so
+  a SIGKILL can re-run the tasks of the batch that was in flight.
+* I/O failures raise ``OSError`` of the usual subclass whose message names
+  the journal and what to do; a failed ``delay()`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import argparse
+import dataclasses
+import errno
+import fcntl
+import functools
+import heapq
+import itertools
+import json
+import logging
+import math
+import os
+import queue
+import random
+import signal
+import stat
+import sys
+import threading
+import time
+import weakref
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable
+
+__all__ = [
+    "Wheel",
+    "Task",
+    "TaskHandle",
+    "TaskInfo",
+    "ManualClock",
+    "SystemClock",
+    "WheelqError",
+    "JournalLocked",
+    "JournalCorrupt",
+    "UnknownTask",
+    "WheelClosed",
+    "main",
+]
+
+logger = logging.getLogger("wheelq")
+
+
+# --------------------------------------------------------------------------
+# Exceptions
+# --------------------------------------------------------------------------
+
+
+class WheelqError(Exception):
+    """The root of wheelq's own errors."""
+
+
+class JournalLocked(WheelqError):
+    """Another process owns the journal (holds ``<path>.lock``)."""
+
+    def __init__(self, path: str, pid: int | None):
+        self.path = path
+        self.pid = pid
+        holder = "process %d" % pid if pid else "another process"
+        super().__init__(
+            "journal %s is owned by %s; stop it first, or call "
+            "start(standby=True) to take over when it exits" % (path, holder)
+        )
+
+
+class JournalCorrupt(WheelqError):
+    """A journal line that cannot be read; ``lineno`` counts the header as 1."""
+
+    def __init__(self, path: str, lineno: int, reason: str):
+        self.path = path
+        self.lineno = lineno
+        self.reason = reason
+        super().__init__(
+            "journal %s line %d: %s; run `python -m wheelq check %s` to see "
+            "the bad lines and `python -m wheelq repair %s` to set them aside"
+            % (path, lineno, reason, path, path)
+        )
+
+
+class UnknownTask(WheelqError):
+    """No task (or no dead letter) with that id or name."""
+
+
+class WheelClosed(WheelqError):
+    """The wheel was stopped; build a new ``Wheel`` to go on."""
+
+
+def _os_error(exc: OSError, path: str, doing: str, advice: str) -> OSError:
+    """Re-raise an OSError, keeping its subclass, with a message naming the fix."""
+    code = exc.errno or errno.EIO
+    why = exc.strerror or str(exc)
+    new = OSError(code, "%s %s: %s; %s" % (doing, path, why, advice))
+    new.__cause__ = exc
+    return new
+
+
+# --------------------------------------------------------------------------
+# Clocks: the only code that reads the time
+# --------------------------------------------------------------------------
+
+
+class SystemClock:
+    """Wall-clock time, and waits that an event cuts short."""
+
+    def time(self) -> float:
+        """Seconds since the epoch."""
+        return time.time()
+
+    def wait(self, event: threading.Event, timeout: float | None) -> None:
+        """Block until ``event`` is set or ``timeout`` seconds have passed."""
+        event.wait(None if timeout is None else max(0.0, timeout))
+
+
+class ManualClock:
+    """A clock that moves only when told to: for tests, wheelq's and yours.
+
+    ``advance(seconds)`` wakes every timer waiting on this clock, which then
+    processes the ticks up to the new time.  It never reads the real clock.
+    """
+
+    def __init__(self, start: float = 1_000_000.0):
+        start = float(start)
+        if not math.isfinite(start):
+            raise ValueError("ManualClock start must be a finite number of seconds")
+        self._now = start
+        self._lock = threading.Lock()
+        self._events: weakref.WeakSet = weakref.WeakSet()
+
+    def time(self) -> float:
+        """The current manual time, in seconds."""
+        return self._now
+
+    def advance(self, seconds: float | timedelta) -> float:
+        """Move time forward by ``seconds`` and wake the waiting timers."""
+        if isinstance(seconds, timedelta):
+            seconds = seconds.total_seconds()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError("advance() takes seconds as a number or timedelta")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("advance() takes a finite, non-negative number of seconds")
+        with self._lock:
+            self._now += seconds
+            events = list(self._events)
+        for event in events:
+            event.set()
+        return self._now
+
+    def wait(self, event: threading.Event, timeout: float | None) -> None:
+        """Block until ``event`` is set (``advance`` sets it).
+
+        Manual time does not pass on its own, so the real-time bound here only
+        keeps a forgotten waiter from hanging forever.
+        """
+        if timeout is not None and timeout <= 0:
+            return
+        with self._lock:
+            self._events.add(event)
+        event.wait(1.0)
+
+
+# --------------------------------------------------------------------------
+# The ring: a hashed timing wheel, pure data
+# --------------------------------------------------------------------------
+
+PENDING, QUEUED, RUNNING = "pending", "queued", "running"
+DONE, FAILED, CANCELLED, UNKNOWN = "done", "failed", "cancelled", "unknown"
+
+
+class _Rec:
+    """One task, as the ring and the index hold it (no per-task dict)."""
+
+    __slots__ = ("id", "name", "args", "kwargs", "due", "k", "tries", "state", "error")
+
+    def __init__(self, tid, name, args, kwargs, due, tries=0, state=PENDING, error=None):
+        self.id = tid
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.due = due
+        self.k = 0
+        self.tries = tries
+        self.state = state
+        self.error = error
+
+
+class _Ring:
+    """A hashed timing wheel over integer ticks.
+
+    ``last`` is the last tick processed.  ``add`` never places a record at or
+    before it, so nothing is lost to a tick that has passed.
+    """
+
+    __slots__ = ("nslots", "slots", "heaps", "last", "size")
+
+    def __init__(self, nslots: int, last: int):
+        self.nslots = nslots
+        self.slots: list[dict] = [{} for _ in range(nslots)]
+        self.heaps: list[list[int]] = [[] for _ in range(nslots)]
+        self.last = last
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, rec: _Rec, k: int) -> None:
+        """Place ``rec`` at tick ``k`` (or the next tick, if ``k`` has passed)."""
+        if k <= self.last:
+            k = self.last + 1
+        rec.k = k
+        i = k % self.nslots
+        slot = self.slots[i]
+        cur = slot.get(k)
+        if cur is None:
+            slot[k] = rec
+            heapq.heappush(self.heaps[i], k)
+        elif cur.__class__ is dict:
+            cur[rec.id] = rec
+        else:
+            slot[k] = {cur.id: cur, rec.id: rec}
+        self.size += 1
+
+    def remove(self, rec: _Rec) -> bool:
+        """Take ``rec`` out; False if it is not in the ring."""
+        slot = self.slots[rec.k % self.nslots]
+        cur = slot.get(rec.k)
+        if cur is rec:
+            del slot[rec.k]
+        elif cur.__class__ is dict and cur.get(rec.id) is rec:
+            del cur[rec.id]
+            if not cur:
+                del slot[rec.k]
+        else:
+            return False
+        self.size -= 1
+        return True
+
+    def advance(self, to: int) -> list:
+        """Process the ticks after ``last`` up to ``to``; return their records in order."""
+        last = self.last
+        if to <= last:
+            return []
+        out: list = []
+        n = self.nslots
+        if to - last >= n:
+            # More than a revolution behind: one sweep takes every passed tick.
+            for i in range(n):
+                heap = self.heaps[i]
+                slot = self.slots[i]
+                while heap and heap[0] <= to:
+                    cur = slot.pop(heapq.heappop(heap), None)
+                    if cur is not None:
+                        out.extend(cur.values()) if cur.__class__ is dict else out.append(cur)
+            out.sort(key=_by_tick)
+        else:
+            slots, heaps = self.slots, self.heaps
+            for k in range(last + 1, to + 1):
+                i = k % n
+                heap = heaps[i]
+                if heap and heap[0] <= k:
+                    while heap and heap[0] <= k:
+                        heapq.heappop(heap)
+                    cur = slots[i].pop(k, None)
+                    if cur is not None:
+                        out.extend(cur.values()) if cur.__class__ is dict else out.append(cur)
+        self.last = to
+        self.size -= len(out)
+        return out
+
+
+def _by_tick(rec: _Rec) -> int:
+    return rec.k
+
+
+# --------------------------------------------------------------------------
+# Journal
+# --------------------------------------------------------------------------
+
+_HEADER = b'{"wheelq": 1}\n'
+_MARK = b'{"p":1,'
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _line(record: dict) -> bytes:
+    """One journal line; TypeError names a value that is not JSON."""
+    try:
+        return (_encode(record) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            "task arguments must be JSON (str, int, float, bool, None, list, "
+            "dict): %s" % exc
+        ) from None
+
+
+class _Journal:
+    """The file: appends, the fsync policy, replay, following the tail, compaction.
+
+    ``lock`` serialises this process's use of the file descriptor.  A
+    producer (``shared``) also holds ``flock`` on the journal around each
+    append; the owner does not, because it is the only one that compacts.
+    ``path is None`` makes an in-memory journal whose writes go nowhere.
+    """
+
+    _fsync = staticmethod(os.fsync)  # a seam for fault-injection tests
+
+    def __init__(self, path: str | None, fsync: str):
+        self.path = path
+        self.mode = fsync
+        self.lock = threading.Lock()
+        self.fd: int | None = None
+        self.shared = True
+        self.offset = 0  # bytes of the file read so far (whole lines only)
+        self.lineno = 0  # lines read so far; the header is line 1
+        self.generation = 0  # bumped when the file is replaced under us
+        # Group commit: writers wait on _synced; the one running fsync notifies.
+        self._sync = threading.Condition(threading.Lock())
+        self._written = 0
+        self._synced = 0
+        self._syncing = False
+
+    # -- opening -----------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (creating with mode 0600 and a header) the journal file."""
+        if self.path is None or self.fd is not None:
+            return
+        self.fd = self._open_fd()
+        if os.fstat(self.fd).st_size == 0:
+            self._lock_file()
+            try:
+                if os.fstat(self.fd).st_size == 0:
+                    self._write(_HEADER)
+            finally:
+                self._unlock_file()
+
+    def _open_fd(self) -> int:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except IsADirectoryError as exc:
+            raise _os_error(exc, self.path, "cannot open journal", "the path is a directory: give a file path") from None
+        except PermissionError as exc:
+            raise _os_error(exc, self.path, "cannot open journal",
+                            "check the permissions of the file and its directory, or choose another path") from None
+        except OSError as exc:
+            raise _os_error(exc, self.path, "cannot open journal",
+                            "check that the directory exists and is writable") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "journal %s is not a regular file; give a file path" % self.path)
+        return fd
+
+    def close(self) -> None:
+        """Sync unless fsync is "never", and close the file."""
+        if self.fd is None:
+            return
+        try:
+            if self.mode != "never":
+                self.sync()
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    # -- appending -----------------------------------------------------------
+
+    def _lock_file(self) -> None:
+        """Take flock on the journal, reopening it if compaction replaced it."""
+        while True:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            if os.fstat(self.fd).st_nlink > 0:
+                return
+            old, self.fd = self.fd, self._open_fd()
+            os.close(old)  # also releases the flock on the replaced file
+            self.offset = self.lineno = 0
+            self.generation += 1
+
+    def _unlock_file(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def write(self, data: bytes) -> int:
+        """Append whole lines; the caller holds ``lock``.  Returns a sync sequence."""
+        if self.fd is None:
+            if self.path is None:
+                return 0
+            raise WheelClosed("the journal %s is closed; build a new Wheel to add tasks" % self.path)
+        if self.shared:
+            self._lock_file()
+            try:
+                self._write(data)
+            finally:
+                self._unlock_file()
+        else:
+            self._write(data)
+        self._written += 1
+        return self._written
+
+    def write_locked(self, data: bytes) -> int:
+        """Like ``write`` for a producer that already holds the flock."""
+        self._write(data)
+        self._written += 1
+        return self._written
+
+    def _write(self, data: bytes) -> None:
+        try:
+            n = os.write(self.fd, data)
+        except OSError as exc:
+            raise _os_error(exc, self.path, "cannot append to journal",
+                            "free disk space or fix permissions and retry; nothing was written") from None
+        if n != len(data):
+            # Cut our own partial line, so a failed write leaves nothing behind.
+            end = os.lseek(self.fd, 0, os.SEEK_CUR)
+            try:
+                if os.fstat(self.fd).st_size == end:
+                    os.ftruncate(self.fd, end - n)
+            except OSError:
+                pass
+            raise OSError(errno.ENOSPC, "cannot append to journal %s: only %d of %d bytes fit "
+                          "(disk full or file size limit); free space and retry; nothing was written"
+                          % (self.path, n, len(data)))
+
+    def commit(self, seq: int) -> None:
+        """Return once write ``seq`` is on disk; concurrent callers share one fsync."""
+        if self.fd is None:
+            return
+        with self._sync:
+            while self._synced < seq:
+                if self._syncing:
+                    self._sync.wait(1.0)
+                    continue
+                self._syncing = True
+                target = self._written
+                self._sync.release()
+                try:
+                    self._fsync(self.fd)
+                except OSError as exc:
+                    raise _os_error(exc, self.path, "fsync failed on journal",
+                                    "the disk may be failing; check it and retry") from None
+                finally:
+                    self._sync.acquire()
+                    self._syncing = False
+                    self._sync.notify_all()
+                self._synced = max(self._synced, target)
+
+    def sync(self) -> None:
+        """fsync if anything was written since the last fsync."""
+        if self._written != self._synced:
+            self.commit(self._written)
+
+    # -- reading -------------------------------------------------------------
+
+    def load(self, apply: Callable[[dict], None]) -> None:
+        """Owner, holding the owner lock and ``lock``: replay the whole file.
+
+        A torn last line is cut off with a warning; a bad line anywhere else
+        raises ``JournalCorrupt``.  A file that is not a wheelq journal is
+        never modified.
+        """
+        self._lock_file()
+        try:
+            data = _read_all(self.fd)
+            if data != _HEADER and _HEADER.startswith(data):
+                if data:
+                    logger.warning("journal %s: cut a torn header (%d bytes)", self.path, len(data))
+                    os.ftruncate(self.fd, 0)
+                self._write(_HEADER)
+                data = _HEADER
+            end, lineno = _replay(data, self.path, apply)
+            if end < len(data):
+                logger.warning("journal %s: cut a torn last line (line %d, %d bytes); it was "
+                               "never acknowledged", self.path, lineno + 1, len(data) - end)
+                os.ftruncate(self.fd, end)
+            self.offset, self.lineno = end, lineno
+        finally:
+            self._unlock_file()
+
+    def tail(self) -> tuple:
+        """Read the complete lines appended since the last read.
+
+        Returns ``(data, lineno)``: whole lines, and the number of the line
+        before the first of them.  The header is checked and skipped.
+        """
+        size = os.fstat(self.fd).st_size
+        if size <= self.offset:
+            return b"", self.lineno
+        data = os.pread(self.fd, size - self.offset, self.offset)
+        data = data[:data.rfind(b"\n") + 1]
+        if self.offset == 0 and data:
+            head = data[:data.index(b"\n") + 1]
+            _check_header(head, self.path)
+            self.offset, self.lineno = len(head), 1
+            data = data[len(head):]
+        before = self.lineno
+        self.offset += len(data)
+        self.lineno += data.count(b"\n")
+        return data, before
+
+    # -- compaction ------------------------------------------------------------
+
+    def compact(self, snapshot: Callable[[], Iterable[bytes]]) -> int:
+        """Owner, holding ``lock``: rewrite the file with the lines ``snapshot()`` gives.
+
+        Holds ``flock`` throughout, so no producer appends in between;
+        ``snapshot`` runs under it and takes in what producers appended.
+        Returns the number of records written.
+        """
+        tmp = self.path + ".tmp"
+        old = self.fd
+        self._lock_file()
+        try:
+            lines = snapshot()
+            count = 0
+            size = len(_HEADER)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+                try:
+                    buf = [_HEADER]
+                    for line in lines:
+                        buf.append(line)
+                        size += len(line)
+                        count += 1
+                        if len(buf) >= 4096:
+                            _write_all(fd, b"".join(buf))
+                            buf.clear()
+                    _write_all(fd, b"".join(buf))
+                    self._fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise _os_error(exc, self.path, "cannot compact journal",
+                                "free disk space and retry; the journal is unchanged") from None
+            # From here on the new file is the journal, whatever else fails.
+            self.fd = self._open_fd()
+        finally:
+            if self.fd is old:
+                self._unlock_file()
+        os.close(old)  # releases the flock: waiting producers find the new inode
+        try:
+            _fsync_dir(self.path)
+        except OSError:
+            logger.warning("journal %s: fsync of its directory failed after compaction", self.path)
+        self.offset, self.lineno = size, count + 1
+        self._synced = self._written
+        return count
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 24, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_header(line: bytes, path: str) -> None:
+    try:
+        head = json.loads(line)
+    except ValueError:
+        head = None
+    if not isinstance(head, dict) or "wheelq" not in head:
+        raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
+    if head["wheelq"] != 1:
+        raise JournalCorrupt(path, 1, "written by a newer wheelq (format %r)" % (head["wheelq"],))
+
+
+def _replay(data: bytes, path: str, apply: Callable[[dict], None]) -> tuple:
+    """Apply every line of a whole journal; return (bytes of good lines, their count).
+
+    A bad last line counts as torn and stops the replay before it; a bad line
+    anywhere else raises ``JournalCorrupt``.
+    """
+    end = data.rfind(b"\n") + 1
+    if end == 0:
+        raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
+    lines = data[:end].split(b"\n")
+    lines.pop()
+    _check_header(lines[0] + b"\n", path)
+    last = len(lines) - 1
+    pos = len(lines[0]) + 1
+    loads = json.loads
+    for i in range(1, len(lines)):
+        line = lines[i]
+        try:
+            obj = loads(line)
+        except ValueError:
+            if i == last and end == len(data):
+                return pos, i
+            raise JournalCorrupt(path, i + 1, "unreadable JSON: %.60r" % line) from None
+        _apply_one(apply, obj, path, i + 1)
+        pos += len(line) + 1
+    return end, len(lines)
+
+
+def _apply_one(apply: Callable[[dict], None], obj: Any, path: str, lineno: int) -> None:
+    try:
+        apply(obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise JournalCorrupt(path, lineno, "not a wheelq record (%s: %s)"
+                             % (type(exc).__name__, exc)) from None
+
+
+def _apply_lines(data: bytes, lineno: int, path: str, apply: Callable[[dict], None],
+                 producers_only: bool) -> None:
+    """Apply the whole lines ``data`` that follow line ``lineno``.
+
+    ``producers_only`` (the owner following its own file) applies only lines
+    marked ``"p":1`` and logs and skips an unreadable one instead of stopping
+    the owner: the next replay reports it.
+    """
+    if not data:
+        return
+    lines = data.split(b"\n")
+    lines.pop()
+    loads = json.loads
+    for i, line in enumerate(lines, lineno + 1):
+        if producers_only:
+            if line.startswith(_MARK):
+                try:
+                    _apply_one(apply, loads(line), path, i)
+                except (ValueError, JournalCorrupt) as exc:
+                    logger.error("journal %s line %d: skipped an unreadable record (%s)", path, i, exc)
+            continue
+        try:
+            obj = loads(line)
+        except ValueError:
+            raise JournalCorrupt(path, i, "unreadable JSON: %.60r" % line) from None
+        _apply_one(apply, obj, path, i)
+
+
+# --------------------------------------------------------------------------
+# Worker pool
+# --------------------------------------------------------------------------
+
+_MAX_BATCH = 64
+
+
+class _Pool:
+    """A bounded queue of task batches feeding named worker threads.
+
+    ``run_batch`` is the wheel's; the pool only moves batches.  Shutdown is
+    one ``None`` sentinel per worker.
+    """
+
+    def __init__(self, workers: int, queue_size: int, run_batch: Callable[[list], None]):
+        self.queue: queue.Queue = queue.Queue(queue_size)
+        self.run_batch = run_batch
+        self.threads = [
+            threading.Thread(target=self._work, name="wheelq-worker-%d" % (n + 1), daemon=True)
+            for n in range(workers)
+        ]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def _work(self) -> None:
+        get = self.queue.get
+        while True:
+            batch = get()
+            if batch is None:
+                return
+            self.run_batch(batch)
+
+    def put(self, batch: list, stopping: threading.Event) -> bool:
+        """Queue a batch, waiting in short steps while full; False if stopping."""
+        while not stopping.is_set():
+            try:
+                self.queue.put(batch, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def drain(self) -> list:
+        """Take back every batch that no worker has started."""
+        out = []
+        while True:
+            try:
+                batch = self.queue.get_nowait()
+            except queue.Empty:
+                return out
+            if batch is not None:
+                out.extend(batch)
+
+    def shutdown(self, deadline: float | None) -> bool:
+        """Send the sentinels and join the workers; False if the deadline passed."""
+        for _ in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            if t.is_alive():
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+
+# --------------------------------------------------------------------------
+# Task, TaskHandle, TaskInfo
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """A snapshot of one task."""
+
+    id: str
+    name: str
+    args: tuple
+    kwargs: dict
+    due: float
+    status: str
+    tries: int
+    error: str | None
+
+
+def _info(rec: _Rec) -> TaskInfo:
+    return TaskInfo(rec.id, rec.name, tuple(rec.args), dict(rec.kwargs or {}),
+                    rec.due, rec.state, rec.tries, rec.error)
+
+
+class Task:
+    """A registered function.  Calling it runs it now; ``delay`` runs it later."""
+
+    def __init__(self, wheel: Wheel, func: Callable, name: str, retries: int,
+                 retry_delay: float, retry_backoff: float):
+        self.wheel = wheel
+        self.func = func
+        self.name = name
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.retry_backoff = retry_backoff
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function now, in this thread."""
+        return self.func(*args, **kwargs)
+
+    def delay(self, *args: Any, count_down: float | timedelta | None = None,
+              eta: datetime | float | None = None, task_id: str | None = None,
+              **kwargs: Any) -> TaskHandle:
+        """Journal the call and run it ``count_down`` seconds from now, or at ``eta``."""
+        return self.wheel._submit(self, args, kwargs, count_down, eta, task_id)
+
+    def schedule(self, args: Iterable = (), kwargs: dict | None = None, *,
+                 count_down: float | timedelta | None = None,
+                 eta: datetime | float | None = None,
+                 task_id: str | None = None) -> TaskHandle:
+        """Like ``delay``, for functions with their own ``count_down``, ``eta`` or ``task_id``."""
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError("schedule() takes kwargs as a dict, not %s" % type(kwargs).__name__)
+        return self.wheel._submit(self, tuple(args), kwargs or {}, count_down, eta, task_id)
+
+    def __repr__(self) -> str:
+        return "<Task %s>" % self.name
+
+
+class TaskHandle:
+    """What ``delay()`` returns: the task's id, its status, and a way to cancel it."""
+
+    __slots__ = ("_wheel", "id")
+
+    def __init__(self, wheel: Wheel, tid: str):
+        self._wheel = wheel
+        self.id = tid
+
+    def status(self) -> str:
+        """pending, queued, running, done, failed, cancelled or unknown."""
+        return self._wheel._status(self.id)
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started; True if it was cancelled."""
+        return self._wheel.cancel(self.id)
+
+    def __repr__(self) -> str:
+        return "<TaskHandle %s>" % self.id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskHandle) and other.id == self.id and other._wheel is self._wheel
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+_ID_PREFIX = ""
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    """A per-process prefix, so ids are unique across processes and restarts."""
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = os.urandom(5).hex() + "-"
+    _ID_COUNTER = itertools.count(1)
+
+
+_new_id_prefix()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_id_prefix)
+
+
+# --------------------------------------------------------------------------
+# Wheel
+# --------------------------------------------------------------------------
+
+_FINISHED_MEMORY = 65536
+_COMPACT_MIN = 10_000
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError("'%s' must be an integer >= %d, not %r" % (name, low, value))
+    return value
+
+
+def _check_seconds(name: str, value: Any, positive: bool = False) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("'%s' must be a number of seconds or a timedelta, not %s"
+                        % (name, type(value).__name__))
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError("'%s' must be a finite number of seconds %s, not %r"
+                         % (name, "> 0" if positive else ">= 0", value))
+    return value
+
+
+class Wheel:
+    """A delay queue: a timing wheel, a worker pool and a journal.
+
+    ``Wheel(path)`` is a producer until ``start()`` makes it the owner;
+    ``Wheel()`` keeps everything in memory and runs due tasks in the calling
+    thread on ``tick()`` until it is started.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, workers: int = 4,
+                 queue_size: int | None = None, slots: int = 3600, tick: float = 1.0,
+                 fsync: str = "batch", clock: Any = None):
+        self._workers = _check_int("workers", workers, 1)
+        self._queue_size = _check_int("queue_size", 2 * workers if queue_size is None else queue_size, 1)
+        self._nslots = _check_int("slots", slots, 1)
+        self._tick = _check_seconds("tick", tick, positive=True)
+        if fsync not in ("always", "batch", "never"):
+            raise ValueError("'fsync' must be 'always', 'batch' or 'never', not %r" % (fsync,))
+        self._clock = clock if clock is not None else SystemClock()
+        self._path = None if path is None else os.fspath(path)
+        self._journal = _Journal(self._path, fsync)
+        self._always = fsync == "always"
+        self._registry: dict[str, Task] = {}
+
+        # State lock; _idle is notified by the timer and the workers whenever
+        # the processed tick or the queued/running counts change (join waits).
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._tasks: dict[str, _Rec] = {}
+        self._ring = _Ring(self._nslots, self._tick_floor(self._clock.time()))
+        self._finished: dict[str, str] = {}
+        self._counts = dict.fromkeys(("pending", "queued", "running", "done", "failed",
+                                      "retried", "cancelled"), 0)
+        self._live = path is None  # state is held here (owner, or in memory)
+        self._state = "new"  # new, standby, running, stopping, closed
+        self._stopping = threading.Event()
+        self._closed = threading.Event()
+        self._wakeup = threading.Event()
+        self._tick_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._pool: _Pool | None = None
+        self._owner_fd: int | None = None
+        self._generation = 0
+        if self._path is not None:
+            self._journal.open()
+
+    def __repr__(self) -> str:
+        return "<Wheel %s %s>" % (self._path or "(memory)", self._state)
+
+    # -- registering -------------------------------------------------------------
+
+    def task(self, name: str | None = None, *, retries: int = 0, retry_delay: float = 1.0,
+             retry_backoff: float = 2.0) -> Callable[[Callable], Task]:
+        """Register a function as a task; returns a decorator."""
+        _check_int("retries", retries, 0)
+        retry_delay = _check_seconds("retry_delay", retry_delay)
+        if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, (int, float)) \
+                or not math.isfinite(retry_backoff) or retry_backoff < 1:
+            raise ValueError("'retry_backoff' must be a finite number >= 1, not %r" % (retry_backoff,))
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError("task name must be a non-empty str, not %r" % (name,))
+
+        def decorator(func: Callable) -> Task:
+            if not callable(func):
+                raise TypeError("@wheel.task() decorates a function, not %r" % (func,))
+            tname = name or "%s.%s" % (func.__module__, func.__qualname__)
+            if tname in self._registry:
+                raise ValueError("a task named %r is already registered; pass name=... to tell "
+                                 "them apart" % tname)
+            task = Task(self, func, tname, retries, retry_delay, float(retry_backoff))
+            self._registry[tname] = task
+            return task
+
+        return decorator
+
+    # -- time ------------------------------------------------------------------------
+
+    def _tick_floor(self, t: float) -> int:
+        """The last tick whose instant ``k * tick`` is at or before ``t``."""
+        k = math.floor(t / self._tick)
+        if (k + 1) * self._tick <= t:
+            k += 1
+        elif k * self._tick > t:
+            k -= 1
+        return k
+
+    def _tick_ceil(self, due: float) -> int:
+        """The first tick whose instant ``k * tick`` is at or after ``due``."""
+        k = math.ceil(due / self._tick)
+        if k * self._tick < due:
+            k += 1
+        elif (k - 1) * self._tick >= due:
+            k -= 1
+        return k
+
+    def _due(self, count_down: Any, eta: Any) -> float:
+        if count_down is not None:
+            if eta is not None:
+                raise TypeError("give count_down or eta, not both")
+            if count_down.__class__ is not float and count_down.__class__ is not int:
+                count_down = _check_seconds("count_down", count_down)
+            elif not (0 <= count_down < math.inf):
+                _check_seconds("count_down", count_down)
+            return self._clock.time() + count_down
+        if eta is None:
+            return self._clock.time()
+        if isinstance(eta, datetime):
+            return eta.timestamp()
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+            raise TypeError("eta must be a datetime or epoch seconds, not %s" % type(eta).__name__)
+        if not math.isfinite(eta):
+            raise ValueError("eta must be finite, not %r" % eta)
+        return float(eta)
+
+    # -- adding ------------------------------------------------------------------------
+
+    def _submit(self, task: Task, args: tuple, kwargs: dict, count_down, eta, task_id) -> TaskHandle:
+        due = self._due(count_down, eta)
+        if task_id is None:
+            tid = _ID_PREFIX + str(next(_ID_COUNTER))
+        elif task_id.__class__ is not str or not task_id:
+            raise TypeError("task_id must be a non-empty str, not %r" % (task_id,))
+        else:
+            tid = task_id
+        journal = self._journal
+        if self._live:
+            data = _line({"op": "add", "id": tid, "task": task.name, "due": due,
+                          "args": args, "kwargs": kwargs})
+            with journal.lock:
+                if self._state in ("stopping", "closed"):
+                    raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
+                if task_id is not None:
+                    cur = self._tasks.get(tid)
+                    if cur is not None:
+                        return self._existing(cur)
+                seq = journal.write(data)
+                rec = _Rec(tid, task.name, args, kwargs or None, due)
+                with self._lock:
+                    self._tasks[tid] = rec
+                    self._ring.add(rec, self._tick_ceil(due))
+                    self._counts["pending"] += 1
+        else:
+            data = _line({"p": 1, "op": "add", "id": tid, "task": task.name, "due": due,
+                          "args": args, "kwargs": kwargs})
+            with journal.lock:
+                if self._state == "closed":
+                    raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
+                if task_id is None:
+                    seq = journal.write(data)
+                else:
+                    journal._lock_file()
+                    try:
+                        self._refresh_view()
+                        cur = self._tasks.get(tid)
+                        if cur is not None:
+                            return self._existing(cur)
+                        seq = journal.write_locked(data)
+                    finally:
+                        journal._unlock_file()
+        if self._always:
+            self._commit_or_cancel(seq, tid)
+        return TaskHandle(self, tid)
+
+    def _existing(self, rec: _Rec) -> TaskHandle:
+        if rec.state == FAILED:
+            raise WheelqError("a dead letter holds task id %r; requeue() or purge() it first" % rec.id)
+        return TaskHandle(self, rec.id)
+
+    def _commit_or_cancel(self, seq: int, tid: str) -> None:
+        """fsync="always": make the add durable, or take it back and raise."""
+        try:
+            self._journal.commit(seq)
+        except OSError:
+            try:
+                self.cancel(tid)
+            except Exception:  # the original error is the one to report
+                logger.exception("could not take back task %s after a failed fsync", tid)
+            raise
+
+    # -- the state machine of one record (replay, tail, producer view) ----------------
+
+    def _apply(self, o: dict) -> None:
+        """Apply one journal record to the in-memory state."""
+        op = o["op"]
+        tid = o["id"]
+        if tid.__class__ is not str:
+            raise TypeError("id must be a string")
+        tasks = self._tasks
+        if op == "add":
+            if tid in tasks:
+                return  # an id that is already live: adding is idempotent
+            args = o["args"]
+            kwargs = o["kwargs"]
+            if args.__class__ is not list or kwargs.__class__ is not dict:
+                raise TypeError("args must be a list and kwargs an object")
+            rec = _Rec(tid, o["task"], args, kwargs or None, float(o["due"]), o.get("tries", 0))
+            if rec.name.__class__ is not str:
+                raise TypeError("task must be a string")
+            tasks[tid] = rec
+            if self._live:
+                self._ring.add(rec, self._tick_ceil(rec.due))
+                self._counts["pending"] += 1
+            return
+        rec = tasks.get(tid)
+        if op in ("done", "cancel", "purge"):
+            if rec is None:
+                return
+            if op == "purge" and rec.state != FAILED:
+                return
+            if op == "cancel" and rec.state not in (PENDING, QUEUED):
+                return
+            self._finish(rec, DONE if op == "done" else CANCELLED)
+        elif op == "retry":
+            due = float(o["due"])
+            tries = int(o["tries"])
+            if rec is not None:
+                self._unplace(rec)
+                rec.tries, rec.error, rec.due = tries, o.get("error"), due
+                self._place(rec)
+        elif op == "fail":
+            tries = int(o["tries"])
+            if rec is not None:
+                self._unplace(rec)
+                rec.tries, rec.error, rec.state = tries, o.get("error"), FAILED
+        elif op == "requeue":
+            due = float(o["due"])
+            if rec is not None and rec.state == FAILED:
+                rec.tries, rec.error, rec.due = 0, None, due
+                self._place(rec)
+        else:
+            raise ValueError("unknown op %r" % (op,))
+
+    def _place(self, rec: _Rec) -> None:
+        """Make ``rec`` pending (caller holds the state lock, or owns all state)."""
+        rec.state = PENDING
+        if self._live:
+            self._ring.add(rec, self._tick_ceil(rec.due))
+            self._counts["pending"] += 1
+
+    def _unplace(self, rec: _Rec) -> None:
+        """Take a pending ``rec`` out of the ring (queued/running ones are not in it)."""
+        if self._live and rec.state == PENDING and self._ring.remove(rec):
+            self._counts["pending"] -= 1
+
+    def _finish(self, rec: _Rec, state: str) -> None:
+        """Forget ``rec`` as finished, remembering its final state for a while."""
+        self._unplace(rec)
+        if self._live:
+            if rec.state == QUEUED:
+                self._counts["queued"] -= 1
+            if state == CANCELLED:
+                self._counts["cancelled"] += 1
+        rec.state = state
+        self._tasks.pop(rec.id, None)
+        finished = self._finished
+        finished[rec.id] = state
+        if len(finished) > _FINISHED_MEMORY:
+            del finished[next(iter(finished))]
+
+    def _restore(self, rec: _Rec, op: str, saved: tuple) -> None:
+        """Undo ``_apply`` of a change whose record could not be written."""
+        if rec.id not in self._tasks:
+            self._tasks[rec.id] = rec
+            self._finished.pop(rec.id, None)
+        self._unplace(rec)
+        if op == "cancel":
+            self._counts["cancelled"] -= 1
+        rec.due, rec.tries, rec.error = saved[1:]
+        if saved[0] == FAILED:
+            rec.state = FAILED
+        else:
+            self._place(rec)
+
+    def _refresh_view(self) -> None:
+        """Producer, holding the journal lock and flock: read what was appended."""
+        journal = self._journal
+        try:
+            data, lineno = journal.tail()
+            with self._lock:
+                if journal.generation != self._generation:
+                    # Compaction replaced the file: rebuild the view from its start.
+                    self._generation = journal.generation
+                    self._tasks.clear()
+                _apply_lines(data, lineno, self._path, self._apply, producers_only=False)
+        except JournalCorrupt:
+            journal.offset = journal.lineno = 0  # read it all again next time
+            journal.generation += 1
+            raise
+
+    def _view(self) -> None:
+        """Bring a producer's view of the journal up to date."""
+        if not self._live and self._path is not None and self._journal.fd is not None:
+            with self._journal.lock:
+                self._journal._lock_file()
+                try:
+                    self._refresh_view()
+                finally:
+                    self._journal._unlock_file()
+
+    # -- inspecting and changing tasks -------------------------------------------------
+
+    @property
+    def is_owner(self) -> bool:
+        """True while this wheel holds the owner lock (or, in memory, while started)."""
+        return self._state in ("running", "stopping") and self._live
+
+    def get(self, task_id: str) -> TaskInfo | None:
+        """The task with this id, or None if it is finished or unknown."""
+        self._view()
+        with self._lock:
+            rec = self._tasks.get(task_id)
+            return None if rec is None else _info(rec)
+
+    def pending(self) -> list[TaskInfo]:
+        """Tasks not yet finished (pending, queued or running), sorted by due time."""
+        self._view()
+        with self._lock:
+            recs = [r for r in self._tasks.values() if r.state != FAILED]
+            return [_info(r) for r in sorted(recs, key=_by_due)]
+
+    def failed(self) -> list[TaskInfo]:
+        """The dead letters, sorted by due time."""
+        self._view()
+        with self._lock:
+            recs = [r for r in self._tasks.values() if r.state == FAILED]
+            return [_info(r) for r in sorted(recs, key=_by_due)]
+
+    def stats(self) -> dict:
+        """Current pending/queued/running counts and events since this Wheel was built."""
+        self._view()
+        with self._lock:
+            out = dict(self._counts)
+            if not self._live:
+                out["pending"] = sum(1 for r in self._tasks.values() if r.state != FAILED)
+            return out
+
+    def _status(self, tid: str) -> str:
+        self._view()
+        with self._lock:
+            rec = self._tasks.get(tid)
+            if rec is not None:
+                return rec.state
+            return self._finished.get(tid, UNKNOWN)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that has not started; True if it was cancelled."""
+        return self._change(task_id, "cancel", (PENDING, QUEUED), None)
+
+    def requeue(self, task_id: str, count_down: float | timedelta = 0) -> TaskHandle:
+        """Give a dead letter a fresh start ``count_down`` seconds from now."""
+        due = self._clock.time() + _check_seconds("count_down", count_down)
+        if not self._change(task_id, "requeue", (FAILED,), due):
+            raise UnknownTask("no dead letter with id %r; wheel.failed() lists them" % (task_id,))
+        return TaskHandle(self, task_id)
+
+    def purge(self, task_id: str) -> bool:
+        """Delete a dead letter for good; True if there was one."""
+        return self._change(task_id, "purge", (FAILED,), None)
+
+    def _change(self, tid: str, op: str, states: tuple, due: float | None) -> bool:
+        """Journal ``op`` for ``tid`` if its state is one of ``states``, then apply it."""
+        record = {"op": op, "id": tid} if due is None else {"op": op, "id": tid, "due": due}
+        journal = self._journal
+        with journal.lock:
+            if self._state == "closed" or (self._state == "stopping" and op != "cancel"):
+                raise WheelClosed("this Wheel was stopped; build a new Wheel to change tasks")
+            if self._live:
+                with self._lock:
+                    rec = self._tasks.get(tid)
+                    if rec is None or rec.state not in states:
+                        return False
+                    saved = (rec.state, rec.due, rec.tries, rec.error)
+                    self._apply(record)  # first, so the timer cannot dispatch it meanwhile
+                    self._idle.notify_all()
+                try:
+                    seq = journal.write(_line(record))
+                except BaseException:
+                    with self._lock:
+                        self._restore(rec, op, saved)
+                    raise
+            else:
+                if journal.fd is None:
+                    raise WheelClosed("this Wheel was stopped; build a new Wheel to change tasks")
+                journal._lock_file()
+                try:
+                    self._refresh_view()
+                    rec = self._tasks.get(tid)
+                    if rec is None or rec.state not in states:
+                        return False
+                    seq = journal.write_locked(_line(dict(p=1, **record)))
+                finally:
+                    journal._unlock_file()
+        if self._always:
+            journal.commit(seq)
+        return True
+
+    # -- running -----------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> int:
+        """Process every tick up to ``now``; return how many tasks were dispatched.
+
+        On a wheel that was never started, the due tasks run in this thread.
+        """
+        if not self._live:
+            raise WheelqError("tick() runs tasks, which only the owner of %s does: call start() "
+                              "first (a Wheel(path) that is not started only adds tasks)" % self._path)
+        if now is None:
+            now = self._clock.time()
+        with self._tick_lock:
+            if self._path is not None:
+                with self._journal.lock:
+                    if self._journal.fd is not None:
+                        self._ingest()
+            with self._lock:
+                due = self._ring.advance(self._tick_floor(now))
+                for rec in due:
+                    rec.state = QUEUED
+                n = len(due)
+                self._counts["pending"] -= n
+                self._counts["queued"] += n
+                self._idle.notify_all()
+            if not due:
+                return 0
+            if self._pool is None:
+                self._run_batch(due)
+                return n
+            size = max(1, min(_MAX_BATCH, -(-n // self._workers)))
+            for i in range(0, n, size):
+                if not self._pool.put(due[i:i + size], self._stopping):
+                    self._unqueue(due[i:])
+                    break
+            return n
+
+    def _ingest(self) -> None:
+        """Owner, holding the journal lock: apply what producers appended."""
+        data, lineno = self._journal.tail()
+        if data:
+            with self._lock:
+                _apply_lines(data, lineno, self._path, self._apply, producers_only=True)
+
+    def _unqueue(self, recs: list) -> None:
+        """Tasks that were queued but will not start: they stay pending in the journal."""
+        with self._lock:
+            for rec in recs:
+                if rec.state == QUEUED:
+                    rec.state = PENDING
+                    self._counts["queued"] -= 1
+            self._idle.notify_all()
+
+    def _run_batch(self, batch: list) -> None:
+        """Run a batch of due tasks, then journal their outcomes together."""
+        outcomes = []
+        stopping = self._stopping
+        lock = self._lock
+        registry = self._registry
+        for i, rec in enumerate(batch):
+            if stopping.is_set() and self._pool is not None:
+                self._unqueue(batch[i:])
+                break
+            with lock:
+                if rec.state != QUEUED:
+                    continue  # cancelled while it waited in the queue
+                rec.state = RUNNING
+                self._counts["queued"] -= 1
+                self._counts["running"] += 1
+            task = registry.get(rec.name)
+            if task is None:
+                outcomes.append((rec, None, "unknown task %r" % rec.name))
+                logger.error("task %s: unknown task %r; it is now a dead letter", rec.id, rec.name)
+                continue
+            try:
+                task.func(*rec.args, **rec.kwargs) if rec.kwargs else task.func(*rec.args)
+            except BaseException as exc:  # a task's failure never kills the worker
+                logger.exception("task %s (%s) raised", rec.id, rec.name)
+                outcomes.append((rec, task, "%s: %s" % (type(exc).__name__, exc)))
+            else:
+                outcomes.append((rec, task, None))
+        if outcomes:
+            self._record(outcomes)
+
+    def _record(self, outcomes: list) -> None:
+        """Journal done/retry/fail for finished tasks and update the state."""
+        now = self._clock.time()
+        lines = []
+        plans = []
+        for rec, task, error in outcomes:
+            if error is None:
+                lines.append(b'{"op":"done","id":' + _encode(rec.id).encode("utf-8") + b"}\n")
+                plans.append((rec, DONE, None))
+                continue
+            tries = rec.tries + 1
+            if task is not None and tries <= task.retries:
+                due = now + task.retry_delay * task.retry_backoff ** (tries - 1)
+                record = {"op": "retry", "id": rec.id, "due": due, "tries": tries, "error": error}
+                plans.append((rec, "retry", (due, tries, error)))
+            else:
+                record = {"op": "fail", "id": rec.id, "tries": tries, "error": error}
+                plans.append((rec, FAILED, (tries, error)))
+            lines.append(_line(record))
+        seq = 0
+        journal = self._journal
+        with journal.lock:
+            try:
+                seq = journal.write(b"".join(lines))
+            except Exception:
+                logger.exception("could not journal the outcome of %d task(s); they will run "
+                                 "again after a restart", len(lines))
+            with self._lock:
+                counts = self._counts
+                for rec, what, extra in plans:
+                    counts["running"] -= 1
+                    if what == DONE:
+                        self._finish(rec, DONE)
+                        counts["done"] += 1
+                    elif what == "retry":
+                        rec.due, rec.tries, rec.error = extra
+                        self._place(rec)
+                        counts["retried"] += 1
+                    else:
+                        rec.tries, rec.error = extra
+                        rec.state = FAILED
+                        counts["failed"] += 1
+                self._idle.notify_all()
+        if self._always and seq:
+            try:
+                journal.commit(seq)
+            except OSError:
+                logger.exception("fsync of finished tasks failed")
+
+    def join(self, timeout: float | None = None) -> bool:
+        """True once every task due by now has finished, failed or been rescheduled."""
+        if self._pool is None:
+            if self._live and self._state == "new":
+                self.tick()
+                return True
+            if self._state in ("closed", "new"):
+                return True
+        def idle() -> bool:
+            return (self._counts["queued"] == 0 and self._counts["running"] == 0
+                    and self._ring.last >= self._tick_floor(self._clock.time()))
+        with self._idle:
+            return self._idle.wait_for(idle, timeout)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, standby: bool = False) -> Wheel:
+        """Become the owner and start the timer and workers.
+
+        With ``standby=True`` return at once; a background thread waits for
+        the owner lock and takes over when the current owner exits or dies.
+        """
+        with self._lock:
+            if self._state != "new":
+                if self._state in ("stopping", "closed"):
+                    raise WheelClosed("this Wheel was stopped; build a new Wheel to start again")
+                raise WheelqError("this Wheel is already started")
+            self._state = "standby" if standby else "running"
+        if self._path is None:
+            self._launch()
+            return self
+        if standby:
+            t = threading.Thread(target=self._standby, name="wheelq-standby", daemon=True)
+            self._threads.append(t)
+            t.start()
+            return self
+        try:
+            self._take_owner_lock(blocking=False)
+            self._become_owner()
+        except BaseException:
+            with self._lock:
+                self._state = "new"
+            self._release_owner_lock()
+            raise
+        self._launch()
+        return self
+
+    def _take_owner_lock(self, blocking: bool) -> bool:
+        lock_path = self._path + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise _os_error(exc, lock_path, "cannot open the owner lock",
+                            "the journal's directory must be writable by the owner") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if blocking:
+                os.close(fd)
+                return False
+            try:
+                pid = int(os.pread(fd, 32, 0).strip() or 0)
+            except (OSError, ValueError):
+                pid = None
+            os.close(fd)
+            raise JournalLocked(self._path, pid) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        self._owner_fd = fd
+        return True
+
+    def _release_owner_lock(self) -> None:
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)  # the operating system drops the flock
+            self._owner_fd = None
+
+    def _become_owner(self) -> None:
+        """Replay the journal (cutting a torn tail) and hold the state here."""
+        journal = self._journal
+        with journal.lock, self._lock:
+            self._tasks.clear()
+            self._live = False
+            journal.offset = journal.lineno = 0
+            journal.load(self._apply)
+            self._live = True
+            journal.shared = False
+            ring = self._ring = _Ring(self._nslots, self._tick_floor(self._clock.time()) - 1)
+            pending = 0
+            for rec in self._tasks.values():
+                if rec.state == PENDING:
+                    ring.add(rec, self._tick_ceil(rec.due))
+                    pending += 1
+            self._counts["pending"] = pending
+        logger.info("journal %s: owner (pid %d), %d pending, %d dead letters",
+                    self._path, os.getpid(), pending, len(self._tasks) - pending)
+
+    def _standby(self) -> None:
+        interval = min(self._tick / 4, 0.25)
+        try:
+            while not self._stopping.is_set():
+                if self._take_owner_lock(blocking=True):
+                    break
+                self._stopping.wait(interval)
+            else:
+                return
+            with self._lock:
+                if self._state != "standby":
+                    self._release_owner_lock()
+                    return
+                self._state = "running"
+            self._become_owner()
+            logger.info("journal %s: standby took over as owner", self._path)
+            self._launch()
+        except Exception:
+            logger.exception("standby for %s failed", self._path)
+            self._release_owner_lock()
+
+    def _launch(self) -> None:
+        self._pool = _Pool(self._workers, self._queue_size, self._run_batch)
+        self._pool.start()
+        timer = threading.Thread(target=self._timer, name="wheelq-timer", daemon=True)
+        self._threads.append(timer)
+        timer.start()
+
+    def _timer(self) -> None:
+        """The timer thread: a loop around tick(), sleeping to absolute deadlines."""
+        clock, wakeup, stopping = self._clock, self._wakeup, self._stopping
+        while not stopping.is_set():
+            wakeup.clear()
+            try:
+                self.tick()
+                if self._journal.mode == "batch":
+                    self._journal.sync()
+                self._maybe_compact()
+            except Exception:
+                logger.exception("wheelq timer: a tick failed; trying again at the next tick")
+            if stopping.is_set():
+                return
+            clock.wait(wakeup, (self._ring.last + 1) * self._tick - clock.time())
+
+    def _maybe_compact(self) -> None:
+        journal = self._journal
+        if journal.fd is None:
+            return
+        live = len(self._tasks)
+        dead = journal.lineno - 1 - live
+        if dead > _COMPACT_MIN and dead > live:
+            self.compact()
+
+    def compact(self) -> int:
+        """Owner: rewrite the journal with only the live tasks; return its record count."""
+        if not self._live or self._path is None:
+            raise WheelqError("only the owner compacts %s: start() the wheel first" % self._path)
+        journal = self._journal
+
+        def snapshot() -> list:
+            # Under the journal lock no record can finish or change, so the
+            # copy taken under the state lock stays true while it is encoded.
+            self._ingest()
+            with self._lock:
+                recs = sorted(self._tasks.values(), key=_by_due)
+            lines = []
+            for rec in recs:
+                add = {"op": "add", "id": rec.id, "task": rec.name, "due": rec.due,
+                       "args": rec.args, "kwargs": rec.kwargs or {}}
+                if rec.tries:
+                    add["tries"] = rec.tries
+                lines.append(_line(add))
+                if rec.state == FAILED:
+                    lines.append(_line({"op": "fail", "id": rec.id, "tries": rec.tries,
+                                        "error": rec.error}))
+            return lines
+
+        with journal.lock:
+            count = journal.compact(snapshot)
+        logger.info("journal %s: compacted to %d records", self._path, count)
+        return count
+
+    def stop(self, wait: bool = True, timeout: float | None = None) -> bool:
+        """Stop the timer, let running tasks finish, and close the journal.
+
+        Queued tasks that never started stay pending in the journal.  Returns
+        True once fully stopped (False if ``timeout`` ran out first).
+        """
+        with self._lock:
+            state = self._state
+            if state in ("new", "standby", "running"):
+                self._state = "stopping"
+                self._stopping.set()
+                self._wakeup.set()
+                first = True
+            else:
+                first = False
+        if first:
+            if state == "new":
+                self._close()
+            else:
+                threading.Thread(target=self._shutdown, name="wheelq-stopper", daemon=True).start()
+        if not wait:
+            return self._closed.is_set()
+        return self._closed.wait(timeout)
+
+    def _shutdown(self) -> None:
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join()
+        if self._pool is not None:
+            self._unqueue(self._pool.drain())
+            self._pool.shutdown(None)
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            with self._journal.lock:
+                self._journal.close()
+        except OSError:
+            logger.exception("closing journal %s", self._path)
+        finally:
+            self._release_owner_lock()
+            with self._lock:
+                self._state = "closed"
+                self._idle.notify_all()
+            self._closed.set()
+
+    def __enter__(self) -> Wheel:
+        if self._state == "new":
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def run_forever(self) -> None:
+        """Start (if needed) and run until SIGINT or SIGTERM, then stop gracefully."""
+        stop = threading.Event()
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+        try:
+            if self._state == "new":
+                self.start()
+            while not stop.wait(0.2) and not self._closed.is_set():
+                pass
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+
+def _by_due(rec: _Rec) -> float:
+    return rec.due
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """A small daemon: sample tasks with random delays, logged as they go."""
+    import tempfile
+
+    log = logging.getLogger("wheelq.demo")
+    path = args.journal or os.path.join(tempfile.mkdtemp(prefix="wheelq-demo-"), "demo.json")
+    wheel = Wheel(path, tick=args.tick)
+
+    @wheel.task(name="demo.close_unpaid_order")
+    def close_unpaid_order(order_id):
+        log.info("running  close_unpaid_order(%s)", order_id)
+        log.info("finished close_unpaid_order(%s): order closed", order_id)
+
+    @wheel.task(name="demo.send_reminder", retries=2, retry_delay=args.tick)
+    def send_reminder(user, attempt_fail=False):
+        log.info("running  send_reminder(%r)", user)
+        if attempt_fail and random.random() < 0.5:
+            raise ConnectionError("reminder service did not answer (the demo fails on purpose)")
+        log.info("finished send_reminder(%r)", user)
+        handle = send_reminder.delay(user, count_down=random.uniform(1, args.max_delay))
+        log.info("received %s: send_reminder(%r) again", handle.id, user)
+
+    log.info("demo journal: %s (inspect it with any text viewer); Ctrl-C stops", path)
+    wheel.start()
+    for order_id in range(1, 4):
+        cd = random.uniform(0.5, args.max_delay)
+        h = close_unpaid_order.delay(order_id, count_down=cd)
+        log.info("received %s: close_unpaid_order(%d) in %.1fs", h.id, order_id, cd)
+    for user in ("ada", "lin"):
+        cd = random.uniform(0.5, args.max_delay)
+        h = send_reminder.delay(user, attempt_fail=True, count_down=cd)
+        log.info("received %s: send_reminder(%r) in %.1fs", h.id, user, cd)
+    wheel.run_forever()
+    log.info("stopped cleanly; %s", wheel.stats())
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wheelq", description="wheelq: a durable delay queue in one file.")
+    p.add_argument("--version", action="version", version="wheelq " + __version__)
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run a small demo daemon (the default)")
+    demo.add_argument("--journal", help="journal path (default: a new temporary file)")
+    demo.add_argument("--tick", type=float, default=0.25, help="tick in seconds (default 0.25)")
+    demo.add_argument("--max-delay", type=float, default=4.0, help="longest random delay (default 4)")
+    demo.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: ``python -m wheelq [COMMAND] ...``."""
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(argv + ["demo"])
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        parser.error("--log-level must be DEBUG, INFO, WARNING or ERROR, not %r" % args.log_level)
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (WheelqError, OSError, ValueError, TypeError) as exc:
+        print("wheelq: error: %s" % exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
