@@ -1,0 +1,382 @@
+"""The journal (DESIGN.md section 4): format, durability settings, replay of torn and corrupt files, compaction."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import threading
+
+import pytest
+
+import wheelq
+
+WAIT = 10
+
+
+def lines(path):
+    with open(path, "rb") as f:
+        return f.read().splitlines()
+
+
+def records(path):
+    return [json.loads(line) for line in lines(path)[1:]]
+
+
+def owner(path, clock, **kw):
+    w = wheelq.Wheel(path, clock=clock, **kw)
+    w.task(name="job")(lambda *a, **k: None)
+    return w
+
+
+def test_json_lines_with_a_header_a_person_can_read(journal, clock):
+    wheel = owner(journal, clock).start()
+    job = wheel._registry["job"]
+    h = job.delay(42, "é", count_down=1800, note={"k": [1, 2]})
+    clock.advance(1800)
+    assert wheel.join(timeout=WAIT)
+    assert wheel.stop(timeout=WAIT)
+    raw = lines(journal)
+    assert raw[0] == b'{"wheelq": 1}'
+    add, done = records(journal)
+    assert add == {"op": "add", "id": h.id, "task": "job", "due": 1_000_000.0 + 1800,
+                   "args": [42, "é"], "kwargs": {"note": {"k": [1, 2]}}}
+    assert done == {"op": "done", "id": h.id}
+    assert "é".encode() in raw[1]  # UTF-8 text, not escapes: readable and grep-able
+
+
+def test_the_file_is_created_with_mode_0600(journal):
+    old = os.umask(0)
+    try:
+        wheelq.Wheel(journal).stop()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(journal).st_mode) == 0o600
+    assert lines(journal) == [b'{"wheelq": 1}']
+
+
+def test_replay_restores_pending_retrying_and_dead_tasks(journal, clock):
+    wheel = owner(journal, clock, workers=1)
+    calls = []
+
+    @wheel.task(name="flaky", retries=5, retry_delay=100)
+    def flaky(x):
+        calls.append(x)
+        raise RuntimeError("no")
+
+    wheel.task(name="dead")(lambda: 1 / 0)
+    wheel.start()
+    keep = wheel._registry["job"].delay(1, a="b", count_down=50)
+    fl = flaky.delay("f")
+    dead = wheel._registry["dead"].delay()
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT)
+    assert wheel.stop(timeout=WAIT)
+
+    again = wheelq.Wheel(journal, clock=clock).start()
+    try:
+        k, f = again.get(keep.id), again.get(fl.id)
+        assert (k.args, k.kwargs, k.due, k.status) == ((1,), {"a": "b"}, 1_000_050.0, "pending")
+        assert (f.tries, f.error, f.due) == (1, "RuntimeError: no", 1_000_101.0)
+        d = again.get(dead.id)
+        assert (d.status, d.tries, d.error) == ("failed", 1, "ZeroDivisionError: division by zero")
+    finally:
+        assert again.stop(timeout=WAIT)
+
+
+def test_a_torn_last_line_is_cut_off_with_a_warning(journal, clock, caplog):
+    wheel = owner(journal, clock).start()
+    keep = wheel._registry["job"].delay(count_down=10)
+    assert wheel.stop(timeout=WAIT)
+    good = open(journal, "rb").read()
+    with open(journal, "ab") as f:
+        f.write(b'{"op":"add","id":"torn","task":"job","du')  # no newline: the write was cut
+    with caplog.at_level(logging.WARNING, logger="wheelq"):
+        again = wheelq.Wheel(journal, clock=clock).start()
+    assert [t.id for t in again.pending()] == [keep.id]
+    assert any("torn" in r.getMessage() and "line 3" in r.getMessage() for r in caplog.records)
+    assert open(journal, "rb").read() == good
+    again._registry.clear()
+    assert again.stop(timeout=WAIT)
+
+
+def test_partial_json_on_the_last_line_counts_as_torn(journal, clock):
+    wheelq.Wheel(journal).stop()
+    with open(journal, "ab") as f:
+        f.write(b'{"op":"add","id":"a","task":"job","due":5000000.0,"args":[],"kwargs":{}}\n')
+        f.write(b'{"op":"add","id":"b","ta\n')
+    again = wheelq.Wheel(journal, clock=clock).start()
+    try:
+        assert [t.id for t in again.pending()] == ["a"]
+        assert len(lines(journal)) == 2
+    finally:
+        again.stop(timeout=WAIT)
+
+
+def test_a_torn_header_is_rewritten(journal, clock):
+    with open(journal, "wb") as f:
+        f.write(b'{"wheel')
+    wheel = wheelq.Wheel(journal, clock=clock).start()
+    assert wheel.stop(timeout=WAIT)
+    assert lines(journal) == [b'{"wheelq": 1}']
+
+
+@pytest.mark.parametrize("bad", [b"not json at all", b'{"op":"add","id":"x"', b'{"op":"explode","id":"x"}',
+                                 b'{"op":"add","id":5,"task":"t","due":1,"args":[],"kwargs":{}}',
+                                 b'["a list"]'])
+def test_a_bad_line_in_the_middle_raises_journal_corrupt_with_its_line_number(journal, clock, bad):
+    wheelq.Wheel(journal).stop()
+    add = b'{"op":"add","id":"%d","task":"job","due":1.0,"args":[],"kwargs":{}}\n'
+    with open(journal, "ab") as f:
+        f.write(add % 1 + add % 2 + bad + b"\n" + add % 3)
+    before = open(journal, "rb").read()
+    wheel = wheelq.Wheel(journal, clock=clock)
+    with pytest.raises(wheelq.JournalCorrupt) as info:
+        wheel.start()
+    assert info.value.lineno == 4  # header is line 1, as `sed -n 4p` counts
+    assert lines(journal)[info.value.lineno - 1] == bad
+    assert info.value.path == journal
+    assert "line 4" in str(info.value) and "repair" in str(info.value)
+    assert open(journal, "rb").read() == before  # nothing cut, nothing lost
+    assert not wheel.is_owner
+    wheel.stop()
+    # the owner lock was given back: once repaired, the journal opens
+    with open(journal, "wb") as f:
+        f.write(before.replace(bad + b"\n", b""))
+    again = wheelq.Wheel(journal, clock=clock).start()
+    assert again.stop(timeout=WAIT)
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"hello", b'{"other": 1}\n{"op":"add"}\n'])
+def test_a_file_that_is_not_a_journal_is_refused_and_never_modified(journal, clock, content):
+    with open(journal, "wb") as f:
+        f.write(content)
+    wheel = wheelq.Wheel(journal, clock=clock)
+    with pytest.raises(wheelq.JournalCorrupt, match="not a wheelq journal"):
+        wheel.start()
+    wheel.stop()
+    assert open(journal, "rb").read() == content
+
+
+def test_a_path_that_is_a_directory_gets_a_clear_error(tmp_path):
+    with pytest.raises(OSError, match="directory"):
+        wheelq.Wheel(str(tmp_path))
+
+
+# -- fsync settings --------------------------------------------------------------------
+
+
+class FsyncSpy:
+    """Counts fsync calls on the journal; can hold them to let writers pile up."""
+
+    def __init__(self, monkeypatch, gate=None):
+        self.calls = 0
+        self.gate = gate
+        real = os.fsync
+
+        def fsync(fd):
+            self.calls += 1
+            if self.gate is not None:
+                assert self.gate.wait(WAIT)
+            real(fd)
+
+        monkeypatch.setattr(wheelq._Journal, "_fsync", staticmethod(fsync))
+
+
+def test_fsync_always_syncs_before_delay_returns(journal, clock, monkeypatch):
+    spy = FsyncSpy(monkeypatch)
+    wheel = owner(journal, clock, fsync="always").start()
+    job = wheel._registry["job"]
+    for n in range(1, 4):
+        job.delay(count_down=100)
+        assert spy.calls == n
+    assert wheel.stop(timeout=WAIT)
+
+
+def test_fsync_always_shares_one_fsync_among_concurrent_writers(journal, clock, monkeypatch):
+    gate = threading.Event()
+    spy = FsyncSpy(monkeypatch, gate)
+    wheel = owner(journal, clock, fsync="always").start()
+    job = wheel._registry["job"]
+    first = threading.Thread(target=job.delay, kwargs={"count_down": 100})
+    first.start()
+    while spy.calls == 0 and first.is_alive():  # the first writer is inside fsync, held by the gate
+        first.join(0.01)
+    writers = [threading.Thread(target=job.delay, kwargs={"count_down": 100}) for _ in range(8)]
+    for t in writers:
+        t.start()
+    while wheel._journal._written < 9:  # all eight appended and now wait for a sync
+        first.join(0.01)
+    gate.set()
+    for t in [first] + writers:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert spy.calls == 2  # one for the first, one shared by the other eight
+    assert len(wheel.pending()) == 9
+    assert wheel.stop(timeout=WAIT)
+
+
+def test_fsync_batch_syncs_once_per_tick_not_per_delay(journal, clock, monkeypatch):
+    spy = FsyncSpy(monkeypatch)
+    wheel = owner(journal, clock, fsync="batch").start()
+    job = wheel._registry["job"]
+    assert wheel.join(timeout=WAIT)
+    base = spy.calls
+    for _ in range(50):
+        job.delay(count_down=100)
+    assert spy.calls == base  # delay() does not sync
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT)
+    deadline = threading.Event()
+    for _ in range(200):  # the timer syncs right after the tick it processed
+        if spy.calls > base:
+            break
+        deadline.wait(0.01)
+    assert spy.calls == base + 1
+    assert wheel.stop(timeout=WAIT)
+
+
+def test_fsync_never_does_not_sync(journal, clock, monkeypatch):
+    spy = FsyncSpy(monkeypatch)
+    wheel = owner(journal, clock, fsync="never").start()
+    job = wheel._registry["job"]
+    for _ in range(20):
+        job.delay()
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT)
+    assert wheel.stop(timeout=WAIT)
+    assert spy.calls == 0
+    assert len(records(journal)) == 40
+
+
+def test_a_failed_fsync_in_always_mode_takes_the_task_back(journal, clock, monkeypatch):
+    wheel = owner(journal, clock, fsync="always").start()
+    job = wheel._registry["job"]
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wheelq._Journal, "_fsync", staticmethod(broken))
+    with pytest.raises(OSError, match="fsync failed on journal .*tasks.json"):
+        job.delay(count_down=5)
+    assert wheel.pending() == []  # delay() raised, so the task will not run
+    monkeypatch.setattr(wheelq._Journal, "_fsync", staticmethod(os.fsync))
+    job.delay(count_down=5)  # and the wheel is still usable
+    assert len(wheel.pending()) == 1
+    assert wheel.stop(timeout=WAIT)
+    again = wheelq.Wheel(journal, clock=clock).start()
+    assert len(again.pending()) == 1
+    assert again.stop(timeout=WAIT)
+
+
+def test_a_short_write_leaves_nothing_behind(journal, clock, monkeypatch):
+    wheel = owner(journal, clock).start()
+    job = wheel._registry["job"]
+    job.delay(1, count_down=5)
+    before = open(journal, "rb").read()
+    real_write = os.write
+
+    def half_write(fd, data):
+        return real_write(fd, bytes(data)[: len(data) // 2])
+
+    monkeypatch.setattr(wheelq.os, "write", half_write)
+    with pytest.raises(OSError, match="nothing was written"):
+        job.delay(2, count_down=5)
+    monkeypatch.setattr(wheelq.os, "write", real_write)
+    assert open(journal, "rb").read() == before
+    job.delay(3, count_down=5)
+    assert sorted(t.args for t in wheel.pending()) == [(1,), (3,)]
+    assert wheel.stop(timeout=WAIT)
+    assert [r["args"] for r in records(journal)] == [[1], [3]]
+
+
+# -- compaction --------------------------------------------------------------------------
+
+
+def test_compaction_keeps_exactly_the_live_state(journal, clock, monkeypatch):
+    synced_dirs = []
+    real = wheelq._fsync_dir
+    monkeypatch.setattr(wheelq, "_fsync_dir", lambda p: (synced_dirs.append(p), real(p)))
+    wheel = owner(journal, clock)
+
+    @wheel.task(name="bad", retries=3, retry_delay=1000)
+    def bad(x):
+        raise RuntimeError(x)
+
+    wheel.start()
+    job = wheel._registry["job"]
+    for i in range(300):
+        job.delay(i)
+    live = job.delay("later", count_down=5000)
+    retrying = bad.delay("r")
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT)
+    inode = os.stat(journal).st_ino
+    assert wheel.compact() == 2
+    assert os.stat(journal).st_ino != inode
+    assert not os.path.exists(journal + ".tmp")
+    assert synced_dirs == [journal]
+    assert stat.S_IMODE(os.stat(journal).st_mode) == 0o600
+    recs = records(journal)
+    assert sorted(r["id"] for r in recs) == sorted([live.id, retrying.id])
+    job.delay("after", count_down=10)  # appends go to the new file
+    assert wheel.stop(timeout=WAIT)
+    again = wheelq.Wheel(journal, clock=clock).start()
+    r = again.get(retrying.id)
+    assert (r.tries, r.due) == (1, 1_000_001.0 + 1000)
+    assert {t.args for t in again.pending()} == {("later",), ("r",), ("after",)}
+    assert again.stop(timeout=WAIT)
+
+
+def test_compaction_writes_dead_letters_with_their_error(journal, clock):
+    wheel = owner(journal, clock)
+    wheel.task(name="bad")(lambda: 1 / 0)
+    wheel.start()
+    h = wheel._registry["bad"].delay()
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT)
+    assert wheel.compact() == 2  # an add and a fail
+    assert wheel.stop(timeout=WAIT)
+    again = wheelq.Wheel(journal, clock=clock).start()
+    [dead] = again.failed()
+    assert (dead.id, dead.tries, dead.error) == (h.id, 1, "ZeroDivisionError: division by zero")
+    assert again.stop(timeout=WAIT)
+
+
+def test_the_owner_compacts_by_itself_when_dead_records_outnumber_live_ones(journal, clock):
+    wheel = owner(journal, clock, workers=2).start()
+    job = wheel._registry["job"]
+    for i in range(10_050):
+        job.delay(i)
+    job.delay("live", count_down=999)
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT * 3)
+    assert len(lines(journal)) > 20_000
+    clock.advance(1)  # the next tick sees 20,100 records for one live task
+    assert wheel.join(timeout=WAIT)
+    for _ in range(500):
+        if len(lines(journal)) < 10:
+            break
+        threading.Event().wait(0.01)
+    assert lines(journal) == [b'{"wheelq": 1}', lines(journal)[1]]
+    assert records(journal)[0]["args"] == ["live"]
+    assert wheel.stop(timeout=WAIT)
+
+
+def test_a_failed_compaction_leaves_the_journal_unchanged(journal, clock, monkeypatch):
+    wheel = owner(journal, clock).start()
+    wheel._registry["job"].delay(count_down=9)
+    before = open(journal, "rb").read()
+
+    def broken(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wheelq._Journal, "_fsync", staticmethod(broken))
+    with pytest.raises(OSError, match="cannot compact journal .*unchanged"):
+        wheel.compact()
+    monkeypatch.setattr(wheelq._Journal, "_fsync", staticmethod(os.fsync))
+    assert open(journal, "rb").read() == before
+    assert not os.path.exists(journal + ".tmp")
+    wheel._registry["job"].delay(count_down=9)  # still appending to the real file
+    assert wheel.stop(timeout=WAIT)
+    assert len(records(journal)) == 2
