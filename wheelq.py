@@ -1111,7 +1111,8 @@ class Wheel:
             kwargs = o["kwargs"]
             if args.__class__ is not list or kwargs.__class__ is not dict:
                 raise TypeError("args must be a list and kwargs an object")
-            rec = _Rec(tid, o["task"], args, kwargs or None, float(o["due"]), o.get("tries", 0))
+            rec = _Rec(tid, o["task"], args, kwargs or None, float(o["due"]), o.get("tries", 0),
+                       error=o.get("error"))
             if rec.name.__class__ is not str:
                 raise TypeError("task must be a string")
             tasks[tid] = rec
@@ -1612,6 +1613,7 @@ class Wheel:
                        "args": rec.args, "kwargs": rec.kwargs or {}}
                 if rec.tries:
                     add["tries"] = rec.tries
+                    add["error"] = rec.error
                 lines.append(_line(add))
                 if rec.state == FAILED:
                     lines.append(_line({"op": "fail", "id": rec.id, "tries": rec.tries,
@@ -1643,9 +1645,12 @@ class Wheel:
                 self._close()
             else:
                 threading.Thread(target=self._shutdown, name="wheelq-stopper", daemon=True).start()
-        if not wait:
-            return self._closed.is_set()
+        if not wait or threading.current_thread() in self._threads + self._pool_threads():
+            return self._closed.is_set()  # a task or the timer cannot wait for itself
         return self._closed.wait(timeout)
+
+    def _pool_threads(self) -> list:
+        return [] if self._pool is None else self._pool.threads
 
     def _shutdown(self) -> None:
         for t in self._threads:

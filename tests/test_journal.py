@@ -323,7 +323,7 @@ def test_compaction_keeps_exactly_the_live_state(journal, clock, monkeypatch):
     assert wheel.stop(timeout=WAIT)
     again = wheelq.Wheel(journal, clock=clock).start()
     r = again.get(retrying.id)
-    assert (r.tries, r.due) == (1, 1_000_001.0 + 1000)
+    assert (r.tries, r.due, r.error) == (1, 1_000_001.0 + 1000, "RuntimeError: r")
     assert {t.args for t in again.pending()} == {("later",), ("r",), ("after",)}
     assert again.stop(timeout=WAIT)
 

@@ -680,3 +680,16 @@ def test_run_forever_stops_gracefully_on_a_signal(journal, sig):
     assert proc.returncode == 0, err
     assert "stopped 1" in out
     assert "Traceback" not in err
+
+
+def test_a_task_may_stop_its_own_wheel_without_hanging(make_wheel, clock):
+    wheel = make_wheel()
+    answers = []
+    asked = threading.Event()
+    job = wheel.task()(lambda: (answers.append(wheel.stop()), asked.set()))
+    wheel.start()
+    job.delay()
+    clock.advance(1)
+    assert asked.wait(WAIT)
+    assert wheel.stop(timeout=WAIT) is True  # the stop the task asked for completes
+    assert answers == [False]  # it returned at once instead of waiting for itself
