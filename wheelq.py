@@ -1707,6 +1707,23 @@ def _by_due(rec: _Rec) -> float:
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
+#
+# No command but `run` and `demo` ever starts a Wheel: starting one runs the
+# due tasks, and a task whose name is not registered in this process would
+# become a dead letter.  `status`, `list` and `check` read the file under a
+# shared flock and change nothing.  `cancel`, `requeue` and `purge` take the
+# owner lock when no owner runs (replaying the journal as an owner would, with
+# no threads), and otherwise append records as a producer, which the running
+# owner takes in at its next tick.  `compact` and `repair` rewrite the file, so
+# they refuse while an owner holds it.
+
+
+class _CliError(WheelqError):
+    """A command-line error; its message is the one line printed.  ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -1731,7 +1748,8 @@ def _demo(args: argparse.Namespace) -> int:
         handle = send_reminder.delay(user, count_down=random.uniform(1, args.max_delay))
         log.info("received %s: send_reminder(%r) again", handle.id, user)
 
-    log.info("demo journal: %s (inspect it with any text viewer); Ctrl-C stops", path)
+    log.info("demo journal: %s (inspect it with any text viewer, or `python -m wheelq "
+             "status %s`); Ctrl-C stops", path, path)
     wheel.start()
     for order_id in range(1, 4):
         cd = random.uniform(0.5, args.max_delay)
@@ -1746,17 +1764,663 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Import MODULE, find its Wheel and run it until SIGINT or SIGTERM."""
+    import importlib
+
+    module_name, _, attr = args.target.partition(":")
+    if not module_name or not attr:
+        raise _CliError("run takes MODULE:WHEEL, e.g. `wheelq run tasks:wheel` for the Wheel "
+                        "named `wheel` in tasks.py, not %r" % args.target, code=2)
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        logger.debug("importing %s failed", module_name, exc_info=True)
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise _CliError("no module named %r in %s or on PYTHONPATH: run wheelq from the "
+                            "directory that holds it, or set PYTHONPATH" % (module_name, here)) from None
+        raise _CliError("importing %s failed: %s: %s (--log-level DEBUG shows the traceback)"
+                        % (module_name, type(exc).__name__, exc)) from None
+    except Exception as exc:
+        logger.debug("importing %s failed", module_name, exc_info=True)
+        raise _CliError("importing %s raised %s: %s (--log-level DEBUG shows the traceback)"
+                        % (module_name, type(exc).__name__, exc)) from None
+    wheel: Any = module
+    for part in attr.split("."):
+        try:
+            wheel = getattr(wheel, part)
+        except AttributeError:
+            raise _CliError("module %s has no attribute %r: give the name your Wheel is bound to"
+                            % (module_name, attr)) from None
+    # `python -m wheelq` runs this file as __main__, so the module's `import wheelq`
+    # is a second copy of it: recognise its Wheel by what it does, not by its class.
+    if isinstance(wheel, type) or not (callable(getattr(wheel, "run_forever", None))
+                                       and callable(getattr(wheel, "start", None))):
+        what = "a class" if isinstance(wheel, type) else "a %s" % type(wheel).__name__
+        raise _CliError("%s is %s, not a wheelq.Wheel: give the name your Wheel is bound to"
+                        % (args.target, what))
+    try:
+        try:
+            wheel.start(standby=args.standby)
+            logger.info("running %s (pid %d)%s; Ctrl-C or SIGTERM stops it", args.target, os.getpid(),
+                        " as a standby, to take over when the owner exits" if args.standby else "")
+            wheel.run_forever()
+        except KeyboardInterrupt:  # Ctrl-C before run_forever() took over the signals
+            wheel.stop()
+    except Exception as exc:
+        names = {c.__name__ for c in type(exc).__mro__}
+        if "WheelqError" not in names:
+            raise
+        hint = "; `wheelq run --standby %s` waits and takes over" % args.target
+        raise _CliError(str(exc) + (hint if "JournalLocked" in names and not args.standby else "")) from None
+    logger.info("%s stopped cleanly", args.target)
+    return 0
+
+
+# -- reading a journal without changing it ------------------------------------------
+
+
+def _check_path(path: str) -> None:
+    """Fail with one line unless ``path`` names an existing regular file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _CliError("no journal at %s: check the path (these commands never create a "
+                        "journal; a Wheel creates it when it first opens it)" % path) from None
+    except NotADirectoryError:
+        raise _CliError("no journal at %s: a part of the path is not a directory" % path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _CliError("%s is a directory: give the path of a journal file" % path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _CliError("%s is not a regular file: give the path of a journal file" % path)
+
+
+def _check_head(path: str, data: bytes) -> None:
+    """Fail with one line unless ``data`` (the file's start) begins a wheelq journal."""
+    if not data:
+        raise _CliError('%s is empty, not a wheelq journal (a journal starts with the line '
+                        '{"wheelq": 1}): check the path' % path)
+    end = data.find(b"\n")
+    if end < 0:
+        if _HEADER.startswith(data):
+            return  # a header torn as the file was created: a journal with no tasks
+        head = data
+    else:
+        head = data[:end + 1]
+    try:
+        _check_header(head, path)
+    except JournalCorrupt as exc:
+        if "newer" in exc.reason:
+            raise _CliError("%s was %s: use that version of wheelq" % (path, exc.reason)) from None
+        raise _CliError('%s is not a wheelq journal: its first line is not {"wheelq": 1}; '
+                        'check the path' % path) from None
+
+
+def _read_journal(path: str) -> bytes:
+    """The whole journal at ``path``, read under a shared flock; nothing is modified."""
+    _check_path(path)
+    while True:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            # Producers append and compaction rewrites under LOCK_EX: this read
+            # sees neither half done.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if os.fstat(fd).st_nlink == 0:
+                continue  # compaction replaced the file while we waited: read the new one
+            data = _read_all(fd)
+        finally:
+            os.close(fd)
+        _check_head(path, data)
+        return data
+
+
+def _read_head(path: str) -> None:
+    """Check that ``path`` is an existing journal, reading only its first line."""
+    _check_path(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        data = os.pread(fd, 4096, 0)
+    finally:
+        os.close(fd)
+    _check_head(path, data)
+
+
+def _view_wheel() -> Wheel:
+    """An in-memory Wheel that only holds records, as a producer's view does."""
+    view = Wheel(slots=1)
+    view._live = False  # records only: no ring, no counts, nothing ever runs
+    return view
+
+
+def _load(path: str, data: bytes) -> Wheel:
+    """The tasks of a journal, replayed as an owner would (a torn tail is ignored, not cut)."""
+    view = _view_wheel()
+    if b"\n" in data:
+        _replay(data, path, view._apply)
+    return view
+
+
+def _scan(path: str, data: bytes) -> tuple:
+    """Check every line; return ``(view, line count, bad)``.
+
+    ``bad`` lists ``(lineno, reason, raw bytes)`` for each line an owner could
+    not apply, a torn last line included.  Line numbers count the header as 1,
+    as ``sed -n Np`` does; ``view`` holds the tasks of the good lines.
+    """
+    view = _view_wheel()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # the bytes after the last newline: b"" unless torn
+    bad = []
+    loads = json.loads
+    for lineno in range(2, len(lines) + 1):
+        line = lines[lineno - 1]
+        try:
+            obj = loads(line)
+        except ValueError:
+            reason = "unreadable JSON"
+            if lineno == len(lines) and not tail:
+                reason += " (the last line: an owner cuts it as torn when it opens the journal)"
+            bad.append((lineno, reason, line))
+            continue
+        try:
+            _apply_one(view._apply, obj, path, lineno)
+        except JournalCorrupt as exc:
+            bad.append((lineno, exc.reason, line))
+    if tail:
+        what = "torn header" if not lines else "torn last line"
+        bad.append((len(lines) + 1, what + " (no newline: a write cut short by a crash; it was "
+                    "never acknowledged)", tail))
+    return view, len(lines) + (1 if tail else 0), bad
+
+
+# -- changing a journal ---------------------------------------------------------------
+
+
+def _edit(path: str, change: Callable[[Wheel, Any], Any]) -> tuple:
+    """Run ``change(wheel, owner_pid)`` on the journal and return ``(result, owner_pid)``.
+
+    With no owner running, this process holds the owner lock meanwhile and
+    ``owner_pid`` is None: the journal is replayed (a torn tail is cut, as an
+    owner does) and no thread starts.  Otherwise ``wheel`` is a producer that
+    appends records for the owner, whose pid (0 if unknown) is passed.
+    """
+    _read_head(path)
+    wheel = Wheel(path)
+    try:
+        try:
+            wheel._take_owner_lock(blocking=False)
+        except JournalLocked as exc:
+            owner = exc.pid or 0
+        else:
+            owner = None
+            wheel._become_owner()
+        return change(wheel, owner), owner
+    finally:
+        wheel.stop()
+
+
+def _hold_for_rewrite(wheel: Wheel, verb: str) -> None:
+    """Take the owner lock for a command that rewrites the file, or refuse."""
+    try:
+        wheel._take_owner_lock(blocking=False)
+    except JournalLocked as exc:
+        holder = "process %d" % exc.pid if exc.pid else "another process"
+        raise _CliError("%s is owned by %s, which is running: %s rewrites the file, which only "
+                        "happens while no owner holds it; stop the owner first%s"
+                        % (exc.path, holder, verb,
+                           " (a running owner compacts on its own)" if verb == "compact" else "")
+                        ) from None
+
+
+def _lookup(wheel: Wheel, path: str, tid: str, want: str) -> None:
+    """Fail with one line unless task ``tid`` exists and is ``want`` ("pending" or "failed")."""
+    info = wheel.get(tid)
+    if info is None:
+        raise _CliError("no task with id %r in %s: it has finished, was cancelled or purged, or "
+                        "never existed; `wheelq list %s` shows the ids" % (tid, path, path))
+    if want == FAILED and info.status != FAILED:
+        raise _CliError("task %r in %s is %s, not a dead letter: only dead letters are requeued "
+                        "or purged (`wheelq cancel` cancels a pending task)" % (tid, path, info.status))
+    if want == PENDING and info.status == FAILED:
+        raise _CliError("task %r in %s is a dead letter, not pending: `wheelq requeue` runs it "
+                        "again and `wheelq purge` deletes it" % (tid, path))
+    if want == PENDING and info.status != PENDING:
+        raise _CliError("task %r in %s is %s and can no longer be cancelled" % (tid, path, info.status))
+
+
+def _ids(args: argparse.Namespace, verb: str) -> None:
+    if (args.id is None) == (not args.failed):
+        raise _CliError("%s takes either a task id or --failed (every dead letter)%s: e.g. "
+                        "`wheelq %s %s ID`" % (verb, ", not both" if args.failed else "",
+                                                verb, args.path), code=2)
+
+
+def _report_edit(args: argparse.Namespace, verb: str, done: list, owner: Any) -> int:
+    """Print what cancel/requeue/purge did."""
+    if args.json:
+        _print_json({"path": args.path, "op": verb, "ids": done, "owner_pid": owner})
+        return 0
+    if not done:
+        print("no dead letters in %s" % args.path)
+        return 0
+    past = {"cancel": "cancelled", "requeue": "requeued", "purge": "purged"}[verb]
+    for tid in done:
+        print("%s %s" % (past, tid))
+    if owner is not None:
+        print("(sent through the journal to its running owner, %s, which takes %s in at its "
+              "next tick)" % ("process %d" % owner if owner else "another process",
+                              "it" if len(done) == 1 else "them"))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    def change(wheel: Wheel, owner: Any) -> list:
+        _lookup(wheel, args.path, args.id, PENDING)
+        if not wheel.cancel(args.id):
+            raise _CliError("task %r in %s could not be cancelled: it has just started or "
+                            "finished" % (args.id, args.path))
+        return [args.id]
+
+    done, owner = _edit(args.path, change)
+    return _report_edit(args, "cancel", done, owner)
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    _ids(args, "requeue")
+    count_down = _check_seconds("--count-down", args.count_down)
+
+    def change(wheel: Wheel, owner: Any) -> list:
+        if args.failed:
+            ids = [t.id for t in wheel.failed()]
+        else:
+            _lookup(wheel, args.path, args.id, FAILED)
+            ids = [args.id]
+        for tid in ids:
+            wheel.requeue(tid, count_down=count_down)
+        return ids
+
+    done, owner = _edit(args.path, change)
+    return _report_edit(args, "requeue", done, owner)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    _ids(args, "purge")
+
+    def change(wheel: Wheel, owner: Any) -> list:
+        if args.failed:
+            ids = [t.id for t in wheel.failed()]
+        else:
+            _lookup(wheel, args.path, args.id, FAILED)
+            ids = [args.id]
+        return [tid for tid in ids if wheel.purge(tid)]
+
+    done, owner = _edit(args.path, change)
+    return _report_edit(args, "purge", done, owner)
+
+
+def _progress(message: str, *values: Any) -> None:
+    """Say on stderr what a long job is doing."""
+    print("wheelq: " + message % values, file=sys.stderr, flush=True)
+
+
+def _compact(args: argparse.Namespace) -> int:
+    path = args.path
+    _read_head(path)
+    wheel = Wheel(path)
+    try:
+        _hold_for_rewrite(wheel, "compact")
+        size = os.path.getsize(path)
+        if size >= _BIG:
+            _progress("reading %s (%s)...", path, _size(size))
+        wheel._become_owner()
+        lines, size = wheel._journal.lineno, os.path.getsize(path)
+        _progress("compacting %s (%d lines, %s)...", path, lines, _size(size))
+        started = time.monotonic()
+        records = wheel.compact()
+        after = os.path.getsize(path)
+    finally:
+        wheel.stop()
+    if args.json:
+        _print_json({"path": path, "lines_before": lines, "lines_after": records + 1,
+                     "bytes_before": size, "bytes_after": after})
+    else:
+        print("compacted %s: %d lines -> %d, %s -> %s in %.1fs"
+              % (path, lines, records + 1, _size(size), _size(after), time.monotonic() - started))
+    return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    path = args.path
+    corrupt = path + ".corrupt"
+    _, nlines, bad = _scan(path, _read_journal(path))
+    if not bad:
+        if args.json:
+            _print_json({"path": path, "lines": nlines, "moved": [], "corrupt_path": None})
+        else:
+            print("nothing to repair: all %d lines of %s are readable" % (nlines, path))
+        return 0
+    wheel = Wheel(path)
+    journal = wheel._journal
+    done: dict = {}
+
+    def snapshot() -> list:
+        # compact() calls this holding the journal's flock, and keeps it until
+        # the new file is in place: no producer's line can fall in between.
+        data = _read_all(journal.fd)
+        _check_head(path, data)
+        _, nlines, bad = _scan(path, data)
+        _progress("moving %d bad line(s) of %s to %s and rewriting it (%d lines, %s)...",
+                  len(bad), path, corrupt, nlines, _size(len(data)))
+        skip = {lineno for lineno, _, _ in bad}
+        fd = os.open(corrupt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            _write_all(fd, b"".join(raw + b"\n" for _, _, raw in bad))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(corrupt)  # the bad lines are safe before the journal loses them
+        done.update(lines=nlines, bad=bad)
+        lines = data.split(b"\n")
+        lines.pop()
+        return [lines[i - 1] + b"\n" for i in range(2, len(lines) + 1) if i not in skip]
+
+    try:
+        _hold_for_rewrite(wheel, "repair")
+        with journal.lock:
+            try:
+                kept = journal.compact(snapshot)
+            except OSError as exc:
+                raise _CliError("could not rewrite %s (%s); the journal is unchanged"
+                                % (path, _error_text(exc.__cause__ or exc))) from None
+    finally:
+        wheel.stop()
+    moved = [{"line": n, "reason": why, "text": raw.decode("utf-8", "replace")} for n, why, raw in done["bad"]]
+    if args.json:
+        _print_json({"path": path, "lines": done["lines"], "kept": kept, "moved": moved,
+                     "corrupt_path": corrupt})
+    else:
+        for n, why, raw in done["bad"]:
+            print("moved line %d: %s" % (n, why))
+        print("repaired %s: kept %d good record(s), moved %d bad line(s) to %s"
+              % (path, kept, len(moved), corrupt))
+    return 0
+
+
+# -- printing --------------------------------------------------------------------------
+
+_BIG = 1 << 20  # journals from this size on get a line saying they are being read
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return "%d %s" % (n, unit) if unit == "bytes" else "%.1f %s" % (n, unit)
+        n /= 1024
+    return str(n)
+
+
+def _when(t: float) -> str:
+    """Epoch seconds as local time, to the second."""
+    try:
+        return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return repr(t)
+
+
+def _span(seconds: float) -> str:
+    """A duration in words: 45s, 3m 12s, 2h 5m, 3d 4h."""
+    s = int(round(abs(seconds)))
+    if s < 60:
+        return "%ds" % s
+    if s < 3600:
+        return "%dm %ds" % divmod(s, 60)
+    if s < 86400:
+        return "%dh %dm" % (s // 3600, s % 3600 // 60)
+    return "%dd %dh" % (s // 86400, s % 86400 // 3600)
+
+
+def _relative(t: float, now: float) -> str:
+    return "in " + _span(t - now) if t >= now else _span(now - t) + " ago"
+
+
+def _call(info: TaskInfo, width: int = 48) -> str:
+    """``(1, "a", x=2)``: the arguments as JSON, cut to ``width`` characters."""
+    dump = functools.partial(json.dumps, ensure_ascii=False)
+    parts = [dump(a) for a in info.args] + ["%s=%s" % (k, dump(v)) for k, v in info.kwargs.items()]
+    text = "(%s)" % ", ".join(parts)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _table(rows: list) -> None:
+    """Print rows of cells in left-aligned columns (the last column unpadded)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths)] + [row[-1]]
+        print("  ".join(cells).rstrip())
+
+
+def _nice_step(largest: int, width: int) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50... tasks per mark that fits ``largest`` in ``width`` marks."""
+    k = 0
+    while True:
+        step = (1, 2, 5)[k % 3] * 10 ** (k // 3)
+        if -(-largest // step) <= width:
+            return step
+        k += 1
+
+
+def _histogram(title: str, counts: list, unit: int, suffix: str, now: float) -> list:
+    """Text rows for ``counts`` per ``unit`` seconds from ``now``; runs of empty rows fold into one."""
+    step = _nice_step(max(counts) or 1, 40)
+    out = ["%s (each # is %d task%s)" % (title, step, "" if step == 1 else "s")]
+    rows = []
+    i = 0
+    while i < len(counts):
+        j = i
+        while j + 1 < len(counts) and counts[i] == 0 and counts[j + 1] == 0:
+            j += 1
+        if j - i < 2:
+            j = i  # fold only runs of three or more empty rows
+        label = "+%d%s" % (i, suffix) if j == i else "+%d%s..+%d%s" % (i, suffix, j, suffix)
+        clock = datetime.fromtimestamp(now + i * unit).strftime("%H:%M")
+        rows.append((clock, label, counts[i] if j == i else 0))
+        i = j + 1
+    lw = max(len(r[1]) for r in rows)
+    cw = len(str(max(counts)))
+    for clock, label, n in rows:
+        out.append(("  %s %-*s %*d %s" % (clock, lw, label, cw, n, "#" * -(-n // step))).rstrip())
+    return out
+
+
+def _status(args: argparse.Namespace) -> int:
+    path = args.path
+    view = _load(path, _read_journal(path))
+    now = SystemClock().time()
+    pending, failed = view.pending(), view.failed()
+    per_minute, per_hour, later, overdue = [0] * 60, [0] * 24, 0, 0
+    for t in pending:
+        ahead = t.due - now
+        if ahead < 0:
+            overdue += 1
+        elif ahead < 86400:
+            per_hour[int(ahead // 3600)] += 1
+            if ahead < 3600:
+                per_minute[int(ahead // 60)] += 1
+        else:
+            later += 1
+    next_due = pending[0].due if pending else None
+    if args.json:
+        _print_json({"path": path, "now": now, "pending": len(pending), "overdue": overdue,
+                     "failed": len(failed), "next_due": next_due, "per_minute": per_minute,
+                     "per_hour": per_hour, "later": later})
+        return 0
+    print("journal   %s" % path)
+    print("pending   %d (%d overdue)" % (len(pending), overdue))
+    print("failed    %d%s" % (len(failed), " (`wheelq list %s --failed` shows them)" % path
+                              if failed else ""))
+    if next_due is None:
+        print("next due  -")
+        return 0
+    print("next due  %s (%s)" % (_when(next_due), _relative(next_due, now)))
+    print()
+    print("\n".join(_histogram("Due in the next hour, per minute", per_minute, 60, "m", now)))
+    print()
+    print("\n".join(_histogram("Due in the next day, per hour", per_hour, 3600, "h", now)))
+    print("  later: %d" % later)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    path = args.path
+    view = _load(path, _read_journal(path))
+    tasks = view.failed() if args.failed else sorted(view.pending() + view.failed(), key=_by_due)
+    if args.task:
+        import fnmatch
+
+        tasks = [t for t in tasks if fnmatch.fnmatchcase(t.name, args.task)]
+    total = len(tasks)
+    if args.limit is not None:
+        tasks = tasks[:args.limit]
+    if args.json:
+        _print_json([dataclasses.asdict(t) for t in tasks])
+    elif not tasks:
+        what = "dead letters" if args.failed else "tasks"
+        print("no %s%s in %s" % (what, " named %r" % args.task if args.task else "", path))
+    else:
+        now = SystemClock().time()
+        errors = any(t.error for t in tasks)
+        rows = [["ID", "TASK", "DUE (local time)", "STATUS", "TRIES", "ARGS"] + (["ERROR"] if errors else [])]
+        for t in tasks:
+            status = "overdue" if t.status == PENDING and t.due < now else t.status
+            row = [t.id, t.name, _when(t.due), status, str(t.tries), _call(t)]
+            rows.append(row + ([t.error or ""] if errors else []))
+        _table(rows)
+    if len(tasks) < total:
+        print("wheelq: showing %d of %d tasks (--limit %d)" % (len(tasks), total, args.limit),
+              file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    path = args.path
+    view, nlines, bad = _scan(path, _read_journal(path))
+    pending, failed = len(view.pending()), len(view.failed())
+    if args.json:
+        _print_json({"path": path, "ok": not bad, "lines": nlines, "pending": pending,
+                     "failed": failed, "bad": [{"line": n, "reason": why,
+                                                "text": raw.decode("utf-8", "replace")}
+                                               for n, why, raw in bad]})
+    elif not bad:
+        print("%s: all %d lines readable; %d pending, %d dead letters" % (path, nlines, pending, failed))
+    else:
+        print("%s: %d lines, %d unreadable" % (path, nlines, len(bad)))
+        for n, why, raw in bad:
+            print("line %d: %s: %.70r" % (n, why, raw.decode("utf-8", "replace")))
+    if bad:
+        print("wheelq: error: %d unreadable line(s) in %s; `wheelq repair %s` moves them to "
+              "%s.corrupt and keeps every good line" % (len(bad), path, path, path), file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- parsing and main -----------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, "wheelq: error: %s; see `%s --help`\n" % (message, self.prog))
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wheelq", description="wheelq: a durable delay queue in one file.")
+    p = _Parser(prog="wheelq", description="wheelq: a durable delay queue in one file.",
+                epilog="Commands that take PATH work on a journal whether or not an owner runs "
+                       "it; none of them runs tasks.")
     p.add_argument("--version", action="version", version="wheelq " + __version__)
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO for run "
+                                       "and demo, WARNING otherwise)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run a small demo daemon (the default)")
+
+    def command(name: str, func: Callable, help: str, data: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.set_defaults(func=func)
+        # SUPPRESS: given after the command they count; absent, the main parser's value stays.
+        c.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if data:
+            c.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="print machine-readable JSON")
+        return c
+
+    demo = command("demo", _demo, "run a small demo daemon (the default command)", data=False)
     demo.add_argument("--journal", help="journal path (default: a new temporary file)")
-    demo.add_argument("--tick", type=float, default=0.25, help="tick in seconds (default 0.25)")
-    demo.add_argument("--max-delay", type=float, default=4.0, help="longest random delay (default 4)")
-    demo.set_defaults(func=_demo)
+    demo.add_argument("--tick", type=_seconds, default=0.25, help="tick in seconds (default 0.25)")
+    demo.add_argument("--max-delay", type=_seconds, default=4.0,
+                      help="longest random delay in seconds (default 4)")
+    run = command("run", _run, "import MODULE and run its Wheel until SIGINT or SIGTERM", data=False)
+    run.add_argument("target", metavar="MODULE:WHEEL",
+                     help="e.g. tasks:wheel for `wheel = wheelq.Wheel(...)` in tasks.py")
+    run.add_argument("--standby", action="store_true",
+                     help="wait for the owner lock and take over when the current owner exits")
+    status = command("status", _status, "counts, next due time and a histogram of due times")
+    status.add_argument("path", metavar="PATH")
+    ls = command("list", _list, "list pending tasks and dead letters, by due time")
+    ls.add_argument("path", metavar="PATH")
+    ls.add_argument("--task", metavar="NAME", help="only tasks with this name (shell-style "
+                                                   "wildcards allowed, e.g. 'shop.*')")
+    ls.add_argument("--failed", action="store_true", help="only dead letters")
+    ls.add_argument("--limit", metavar="N", type=_count, help="at most N tasks")
+    cancel = command("cancel", _cancel, "cancel a pending task")
+    cancel.add_argument("path", metavar="PATH")
+    cancel.add_argument("id", metavar="ID")
+    requeue = command("requeue", _requeue, "run a dead letter again (or all of them)")
+    requeue.add_argument("path", metavar="PATH")
+    requeue.add_argument("id", metavar="ID", nargs="?")
+    requeue.add_argument("--failed", action="store_true", help="every dead letter")
+    requeue.add_argument("--count-down", metavar="SECONDS", type=float, default=0.0,
+                         help="run it this many seconds from now (default 0)")
+    purge = command("purge", _purge, "delete a dead letter (or all of them)")
+    purge.add_argument("path", metavar="PATH")
+    purge.add_argument("id", metavar="ID", nargs="?")
+    purge.add_argument("--failed", action="store_true", help="every dead letter")
+    compact = command("compact", _compact, "rewrite the journal with only its live tasks")
+    compact.add_argument("path", metavar="PATH")
+    check = command("check", _check, "report unreadable lines (exit 1 if any)")
+    check.add_argument("path", metavar="PATH")
+    repair = command("repair", _repair, "move unreadable lines to PATH.corrupt, keep every good one")
+    repair.add_argument("path", metavar="PATH")
     return p
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line for an error: an OSError's own words, not its ``[Errno N]`` repr."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror if exc.filename is None else "%s: %s" % (exc.filename, exc.strerror)
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1766,15 +2430,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(argv + ["demo"])
-    level = getattr(logging, str(args.log_level).upper(), None)
+    daemon = args.command in ("demo", "run")
+    level_name = str(args.log_level or ("INFO" if daemon else "WARNING")).upper()
+    level = getattr(logging, level_name, None)
     if not isinstance(level, int):
         parser.error("--log-level must be DEBUG, INFO, WARNING or ERROR, not %r" % args.log_level)
     logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s" if daemon
+                        else "wheelq: %(levelname)s: %(message)s")
     try:
         return args.func(args)
-    except (WheelqError, OSError, ValueError, TypeError) as exc:
+    except _CliError as exc:
         print("wheelq: error: %s" % exc, file=sys.stderr)
+        return exc.code
+    except BrokenPipeError:
+        # The reader went away (`wheelq list ... | head`): stop quietly.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 1
+    except (WheelqError, OSError, ValueError, TypeError) as exc:
+        logger.debug("command %s failed", args.command, exc_info=True)
+        print("wheelq: error: %s" % _error_text(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
