@@ -63,10 +63,15 @@ class Output:
             self._lines.put(line)
         self._lines.put(None)
 
-    def expect(self, pattern: str, timeout: float = 20) -> str:
-        """Wait for a line matching ``pattern``; fail after ``timeout`` seconds."""
+    def expect(self, pattern: str, timeout: float = 20, count: int = 1) -> str:
+        """Wait until ``count`` lines so far match ``pattern``; fail after ``timeout`` seconds.
+
+        Returns the last matching line.  Lines seen earlier count too, so the
+        order of several expected lines does not matter.
+        """
         deadline = time.monotonic() + timeout
-        while True:
+        found = [line for line in self.seen if re.search(pattern, line)]
+        while len(found) < count:
             left = deadline - time.monotonic()
             try:
                 line = self._lines.get(timeout=max(left, 0))
@@ -74,11 +79,13 @@ class Output:
                 raise AssertionError("no line matching %r within %ss; got:\n%s"
                                      % (pattern, timeout, "".join(self.seen))) from None
             if line is None:
+                self._lines.put(None)  # later calls see the end too
                 raise AssertionError("the stream ended before a line matching %r; got:\n%s"
                                      % (pattern, "".join(self.seen)))
             self.seen.append(line)
             if re.search(pattern, line):
-                return line
+                found.append(line)
+        return found[count - 1]
 
     def rest(self, timeout: float = 10) -> str:
         """Everything up to the end of the stream."""
@@ -86,6 +93,7 @@ class Output:
             while True:
                 line = self._lines.get(timeout=timeout)
                 if line is None:
+                    self._lines.put(None)
                     break
                 self.seen.append(line)
         except queue.Empty:
@@ -567,8 +575,7 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path):
     err = Output(proc.stderr)
     try:
         err.expect(r"received .*close_unpaid_order\(1\)")
-        err.expect(r"finished ")
-        err.expect(r"finished ")
+        err.expect(r"finished ", count=2)
     finally:
         status = finish(proc, signal.SIGINT)
     assert status == 0, err.rest()
