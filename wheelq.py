@@ -2318,7 +2318,8 @@ def _check(args: argparse.Namespace) -> int:
                                                 "text": raw.decode("utf-8", "replace")}
                                                for n, why, raw in bad]})
     elif not bad:
-        print("%s: all %d lines readable; %d pending, %d dead letters" % (path, nlines, pending, failed))
+        print("%s: all %d lines readable; %d pending, %d dead letter%s"
+              % (path, nlines, pending, failed, "" if failed == 1 else "s"))
     else:
         print("%s: %d lines, %d unreadable" % (path, nlines, len(bad)))
         for n, why, raw in bad:
