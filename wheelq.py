@@ -1861,7 +1861,8 @@ def _run(args: argparse.Namespace) -> int:
                         % (args.target, what))
     try:
         try:
-            wheel.start(standby=args.standby)
+            if not getattr(wheel, "is_owner", False):  # the module may have started it
+                wheel.start(standby=args.standby)
             logger.info("running %s (pid %d)%s; Ctrl-C or SIGTERM stops it", args.target, os.getpid(),
                         " as a standby, to take over when the owner exits" if args.standby else "")
             wheel.run_forever()
@@ -1916,11 +1917,21 @@ def _check_head(path: str, data: bytes) -> None:
                         'check the path' % path) from None
 
 
+def _open_readonly(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except PermissionError:
+        raise _CliError("cannot read %s: permission denied; run as a user who may read it"
+                        % path) from None
+    except FileNotFoundError:
+        raise _CliError("no journal at %s: it was removed just now" % path) from None
+
+
 def _read_journal(path: str) -> bytes:
     """The whole journal at ``path``, read under a shared flock; nothing is modified."""
     _check_path(path)
     while True:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = _open_readonly(path)
         try:
             # Producers append and compaction rewrites under LOCK_EX: this read
             # sees neither half done.
@@ -1937,7 +1948,7 @@ def _read_journal(path: str) -> bytes:
 def _read_head(path: str) -> None:
     """Check that ``path`` is an existing journal, reading only its first line."""
     _check_path(path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = _open_readonly(path)
     try:
         data = os.pread(fd, 4096, 0)
     finally:
@@ -2063,13 +2074,17 @@ def _report_edit(args: argparse.Namespace, verb: str, done: list, owner: Any) ->
     if not done:
         print("no dead letters in %s" % args.path)
         return 0
-    past = {"cancel": "cancelled", "requeue": "requeued", "purge": "purged"}[verb]
+    if owner is None:
+        past = {"cancel": "cancelled", "requeue": "requeued", "purge": "purged"}[verb]
+        for tid in done:
+            print("%s %s" % (past, tid))
+        return 0
     for tid in done:
-        print("%s %s" % (past, tid))
-    if owner is not None:
-        print("(sent through the journal to its running owner, %s, which takes %s in at its "
-              "next tick)" % ("process %d" % owner if owner else "another process",
-                              "it" if len(done) == 1 else "them"))
+        print("sent %s %s" % (verb, tid))
+    print("%s owns %s: it takes %s in at its next tick%s"
+          % ("process %d" % owner if owner else "another process", args.path,
+             "this" if len(done) == 1 else "these",
+             " (a task it has already started runs to the end)" if verb == "cancel" else ""))
     return 0
 
 
@@ -2152,6 +2167,10 @@ def _compact(args: argparse.Namespace) -> int:
 def _repair(args: argparse.Namespace) -> int:
     path = args.path
     corrupt = path + ".corrupt"
+    _check_path(path)
+    size = os.path.getsize(path)
+    if size >= _BIG:
+        _progress("checking %s (%s)...", path, _size(size))
     _, nlines, bad = _scan(path, _read_journal(path))
     if not bad:
         if args.json:

@@ -392,7 +392,10 @@ def test_commands_while_an_owner_runs(tmp_path, make_wheel, clock):
 
     # cancel goes through the journal, marked as a producer's record.
     r = ok("cancel", path, h.id)
-    assert "process %d" % os.getpid() in r.stdout
+    assert r.stdout.splitlines() == [
+        "sent cancel %s" % h.id,
+        "process %d owns %s: it takes this in at its next tick (a task it has already started "
+        "runs to the end)" % (os.getpid(), path)]
     assert lines_of(path)[-2] == b'{"p":1,"op":"cancel","id":"%s"}' % h.id.encode()
     clock.advance(1)
     assert w.join(timeout=10)
@@ -512,10 +515,16 @@ def test_compact_of_a_big_journal_says_what_it_does(tmp_path):
             f.write('{"op":"add","id":"t%d","task":"t","due":1.0,"args":["%s"],"kwargs":{}}\n'
                     % (i, filler))
             f.write('{"op":"done","id":"t%d"}\n' % i)
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(path.read_bytes() + b"not json\n" + b'{"op":"done","id":"t1"}\n')
     r = ok("compact", path)
     assert re.search(r"reading %s \(1\.\d MiB\)\.\.\." % re.escape(str(path)), r.stderr), r.stderr
     assert "compacting" in r.stderr
     assert path.read_bytes() == b'{"wheelq": 1}\n'
+    r = ok("repair", broken)
+    assert re.search(r"checking %s \(1\.\d MiB\)\.\.\." % re.escape(str(broken)), r.stderr)
+    assert "moving 1 bad line(s) of %s" % broken in r.stderr
+    assert len(lines_of(broken)) - 1 == 1 + 10000 + 1
 
 
 # -- --json on every command that prints data ---------------------------------------------------
@@ -554,6 +563,24 @@ def test_run_module_wheel(tmp_path):
     assert status == 0, err.rest()
     assert "stopped cleanly" in err.rest()
     assert data("list", tmp_path / "tasks.json") == []
+
+
+def test_run_standby_takes_over_when_the_owner_stops(tmp_path, make_wheel):
+    (tmp_path / "mytasks.py").write_text(TASKS_MODULE)
+    journal = str(tmp_path / "tasks.json")
+    owner = make_wheel(journal)  # on a manual clock: it never reaches the task's due time
+    owner.start()
+    add_tasks(journal, time.time(), {"world": 0}, name="hello")
+    proc = spawn([sys.executable, "-m", "wheelq", "run", "--standby", "mytasks:wheel"], cwd=tmp_path)
+    out, err = Output(proc.stdout), Output(proc.stderr)
+    try:
+        err.expect(r"running mytasks:wheel \(pid \d+\) as a standby")
+        assert owner.stop(timeout=10)
+        err.expect(r"standby took over")
+        out.expect(r"^hello world$")
+    finally:
+        status = finish(proc, signal.SIGTERM)
+    assert status == 0, err.rest()
 
 
 def test_run_errors(tmp_path, make_wheel):
