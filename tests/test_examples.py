@@ -70,7 +70,7 @@ def test_vendored_script_needs_only_wheelq_py_beside_it(tmp_path):
                                      "no reminders left"]
 
     # Stopped with a reminder still pending, it shows it on the next run.
-    proc = spawn(cmd + ["now", "0", "later", "1.5"], cwd=tmp_path, env=clean_env())
+    proc = spawn(cmd + ["later", "1.5", "now", "0"], cwd=tmp_path, env=clean_env())
     out = Output(proc.stdout)
     try:
         out.expect(r"^reminder: now$")
