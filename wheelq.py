@@ -444,6 +444,7 @@ class _Journal:
         self.offset = 0  # bytes of the file read so far (whole lines only)
         self.lineno = 0  # lines read so far; the header is line 1
         self.generation = 0  # bumped when the file is replaced under us
+        self._size = 0  # the file's size when flock was last taken
         # Group commit: writers wait on _synced; the one running fsync notifies.
         self._sync = threading.Condition(threading.Lock())
         self._written = 0
@@ -460,8 +461,14 @@ class _Journal:
         if os.fstat(self.fd).st_size == 0:
             self._lock_file()
             try:
-                if os.fstat(self.fd).st_size == 0:
+                if self._size == 0:
                     self._write(_HEADER)
+                    if self.mode != "never":  # a new file: make its name durable too
+                        try:
+                            self._fsync(self.fd)
+                            _fsync_dir(self.path)
+                        except OSError as exc:  # nothing acknowledged rests on it yet
+                            logger.warning("journal %s: fsync after creating it failed: %s", self.path, exc)
             finally:
                 self._unlock_file()
 
@@ -496,10 +503,15 @@ class _Journal:
     # -- appending -----------------------------------------------------------
 
     def _lock_file(self) -> None:
-        """Take flock on the journal, reopening it if compaction replaced it."""
+        """Take flock on the journal, reopening it if compaction replaced it.
+
+        Leaves the file's size in ``_size``.
+        """
         while True:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
-            if os.fstat(self.fd).st_nlink > 0:
+            st = os.fstat(self.fd)
+            self._size = st.st_size
+            if st.st_nlink > 0:
                 return
             old, self.fd = self.fd, self._open_fd()
             os.close(old)  # also releases the flock on the replaced file
@@ -518,7 +530,7 @@ class _Journal:
         if self.shared:
             self._lock_file()
             try:
-                self._write(data)
+                self._append_after_whole_line(data)
             finally:
                 self._unlock_file()
         else:
@@ -528,9 +540,63 @@ class _Journal:
 
     def write_locked(self, data: bytes) -> int:
         """Like ``write`` for a producer that already holds the flock."""
-        self._write(data)
+        self._append_after_whole_line(data)
         self._written += 1
         return self._written
+
+    def _append_after_whole_line(self, data: bytes) -> None:
+        """Producer, holding flock: append, but never onto a torn last line.
+
+        A line glued onto a torn one would be cut with it at the next replay,
+        losing a task whose ``delay()`` returned.
+        """
+        if self._size and os.pread(self.fd, 1, self._size - 1) != b"\n":
+            self._mend_tail()
+        self._write(data)
+
+    def _mend_tail(self) -> None:
+        """The file does not end with a newline: cut the torn line, as the owner would.
+
+        Only with the owner lock held too, because a running owner appends
+        without flock and its append may be in flight; then wait for it.
+        """
+        try:
+            lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise _os_error(exc, self.path + ".lock", "the journal ends with a torn line and cannot open",
+                            "start the owner, which cuts it, and retry") from None
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pause = threading.Event()
+                for _ in range(400):  # an owner's append in flight ends in microseconds
+                    pause.wait(0.005)
+                    size = os.fstat(self.fd).st_size
+                    if os.pread(self.fd, 1, size - 1) == b"\n":
+                        return
+                raise OSError(errno.EIO, "journal %s ends with a torn line while its owner runs; "
+                              "restart the owner, which cuts it, then retry" % self.path) from None
+            size = os.fstat(self.fd).st_size
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                cut = os.pread(self.fd, end - start, start).rfind(b"\n")
+                if cut >= 0:
+                    end = start + cut + 1
+                    break
+                end = start
+            logger.warning("journal %s: cut a torn last line (%d bytes); it was never acknowledged",
+                           self.path, size - end)
+            os.ftruncate(self.fd, end)
+            if end == 0:
+                self._write(_HEADER)
+        finally:
+            os.close(lock_fd)
+
+    def note_foreign_writes(self) -> None:
+        """Owner: producers appended since the last sync; the next sync covers them."""
+        self._written += 1
 
     def _write(self, data: bytes) -> None:
         try:
@@ -1411,6 +1477,8 @@ class Wheel:
         """Owner, holding the journal lock: apply what producers appended."""
         data, lineno = self._journal.tail()
         if data:
+            if _MARK in data:
+                self._journal.note_foreign_writes()  # so fsync="batch" covers them too
             with self._lock:
                 _apply_lines(data, lineno, self._path, self._apply, producers_only=True)
 

@@ -184,6 +184,7 @@ class FsyncSpy:
 
 
 def test_fsync_always_syncs_before_delay_returns(journal, clock, monkeypatch):
+    wheelq.Wheel(journal).stop()  # create it first: creating syncs too
     spy = FsyncSpy(monkeypatch)
     wheel = owner(journal, clock, fsync="always").start()
     job = wheel._registry["job"]
@@ -194,6 +195,7 @@ def test_fsync_always_syncs_before_delay_returns(journal, clock, monkeypatch):
 
 
 def test_fsync_always_shares_one_fsync_among_concurrent_writers(journal, clock, monkeypatch):
+    wheelq.Wheel(journal).stop()  # create it first: creating syncs too
     gate = threading.Event()
     spy = FsyncSpy(monkeypatch, gate)
     wheel = owner(journal, clock, fsync="always").start()
@@ -294,6 +296,7 @@ def test_a_short_write_leaves_nothing_behind(journal, clock, monkeypatch):
 
 
 def test_compaction_keeps_exactly_the_live_state(journal, clock, monkeypatch):
+    wheelq.Wheel(journal).stop()  # create it first: creating syncs the directory too
     synced_dirs = []
     real = wheelq._fsync_dir
     monkeypatch.setattr(wheelq, "_fsync_dir", lambda p: (synced_dirs.append(p), real(p)))
@@ -380,3 +383,74 @@ def test_a_failed_compaction_leaves_the_journal_unchanged(journal, clock, monkey
     wheel._registry["job"].delay(count_down=9)  # still appending to the real file
     assert wheel.stop(timeout=WAIT)
     assert len(records(journal)) == 2
+
+
+def test_a_producer_never_glues_its_record_onto_a_torn_line(journal, clock, caplog):
+    wheelq.Wheel(journal).stop()
+    with open(journal, "ab") as f:
+        f.write(b'{"op":"add","id":"a","task":"job","due":5000000.0,"args":[],"kwargs":{}}\n{"op":"do')
+    producer = wheelq.Wheel(journal, clock=clock)
+    job = producer.task(name="job")(lambda: None)
+    with caplog.at_level(logging.WARNING, logger="wheelq"):
+        job.delay(task_id="important", count_down=100)
+        job.delay(task_id="second", count_down=100)
+    assert any("torn" in r.getMessage() for r in caplog.records)
+    producer.stop()
+    assert [r["id"] for r in records(journal)] == ["a", "important", "second"]
+    owner_ = wheelq.Wheel(journal, clock=clock).start()
+    assert {t.id for t in owner_.pending()} == {"a", "important", "second"}
+    assert owner_.stop(timeout=WAIT)
+
+
+def test_a_producer_waits_for_a_running_owner_instead_of_cutting(journal, clock):
+    owner_ = wheelq.Wheel(journal, clock=clock).start()
+    with open(journal, "ab") as f:  # as if the owner's append were still in flight
+        f.write(b'{"op":"add","id":"inflight","task":"job","due":5000000.0,')
+    producer = wheelq.Wheel(journal, clock=clock)
+    job = producer.task(name="job")(lambda: None)
+    done = threading.Event()
+    errors = []
+
+    def add():
+        try:
+            job.delay(task_id="p1", count_down=100)
+        except OSError as exc:
+            errors.append(exc)
+        done.set()
+
+    threading.Thread(target=add).start()
+    assert not done.wait(0.1)  # it waits rather than cutting the owner's line
+    with open(journal, "ab") as f:
+        f.write(b'"args":[],"kwargs":{}}\n')
+    assert done.wait(WAIT) and errors == []
+    producer.stop()
+    assert [r["id"] for r in records(journal)] == ["inflight", "p1"]
+    assert owner_.stop(timeout=WAIT)
+
+
+def test_the_owner_fsyncs_producer_appends_in_batch_mode(journal, clock, monkeypatch):
+    spy = FsyncSpy(monkeypatch)
+    owner_ = owner(journal, clock, fsync="batch").start()
+    assert owner_.join(timeout=WAIT)
+    producer = wheelq.Wheel(journal, clock=clock, fsync="batch")
+    producer.task(name="job")(lambda: None).delay(count_down=100)
+    base = spy.calls
+    clock.advance(1)
+    assert owner_.join(timeout=WAIT)
+    for _ in range(500):  # the timer syncs right after the tick that took the record in
+        if spy.calls > base:
+            break
+        threading.Event().wait(0.01)
+    assert spy.calls == base + 1
+    assert len(owner_.pending()) == 1
+    producer.stop()
+    assert owner_.stop(timeout=WAIT)
+
+
+def test_creating_a_journal_makes_its_directory_entry_durable(journal, monkeypatch):
+    synced = []
+    monkeypatch.setattr(wheelq, "_fsync_dir", lambda p: synced.append(p))
+    wheelq.Wheel(journal).stop()
+    assert synced == [journal]
+    wheelq.Wheel(journal).stop()  # an existing journal: nothing to make durable
+    assert synced == [journal]
