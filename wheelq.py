@@ -172,6 +172,15 @@ def _os_error(exc: OSError, path: str, doing: str, advice: str) -> OSError:
     return new
 
 
+def _write_advice(code: int | None) -> str:
+    """What to do about a write that failed with errno ``code``."""
+    if code == errno.EFBIG:
+        return "the file reached a size limit (`ulimit -f`, or the filesystem's): raise it and retry"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "fix the permissions of the file and its directory (or the read-only mount) and retry"
+    return "free disk space and retry"
+
+
 # --------------------------------------------------------------------------
 # Clocks: the only code that reads the time
 # --------------------------------------------------------------------------
@@ -630,7 +639,7 @@ class _Journal:
             n = os.write(self.fd, data)
         except OSError as exc:
             raise _os_error(exc, self.path, "cannot append to journal",
-                            "free disk space or fix permissions and retry; nothing was written") from None
+                            _write_advice(exc.errno) + "; nothing was written") from None
         if n != len(data):
             # Cut our own partial line, so a failed write leaves nothing behind.
             end = os.lseek(self.fd, 0, os.SEEK_CUR)
@@ -768,7 +777,7 @@ class _Journal:
                 except OSError:
                     pass
                 raise _os_error(exc, self.path, "cannot compact journal",
-                                "free disk space and retry; the journal is unchanged") from None
+                                _write_advice(exc.errno) + "; the journal is unchanged") from None
             # From here on the new file is the journal, whatever else fails.
             self.fd = self._open_fd()
         finally:
