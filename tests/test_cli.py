@@ -101,9 +101,15 @@ class Output:
         return "".join(self.seen)
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and
+    # the child would inherit that; Ctrl-C must reach it as it does in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(args, cwd=None, env=None) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd, env=env or python_env())
+                            cwd=cwd, env=env or python_env(), preexec_fn=_default_sigint)
 
 
 def finish(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 15) -> int:
