@@ -473,6 +473,7 @@ class _Journal:
         self.lineno = 0  # lines read so far; the header is line 1
         self.generation = 0  # bumped when the file is replaced under us
         self._size = 0  # the file's size when flock was last taken
+        self._end = -1  # owner: where its last append ended (-1: unknown)
         # Group commit.  Writers wait on _sync for _synced to reach their
         # write; the thread that ran the fsync notifies it.  Under
         # fsync="always" that thread first waits on _gathered, for at most
@@ -570,7 +571,11 @@ class _Journal:
             finally:
                 self._unlock_file()
         else:
+            end = os.lseek(self.fd, 0, os.SEEK_END)  # cheaper than fstat on this path
+            if end != self._end:
+                end = self._owner_mend(end)
             self._write(data)
+            self._end = end + len(data)
         self._written += 1
         return self._written
 
@@ -613,22 +618,45 @@ class _Journal:
                         return
                 raise OSError(errno.EIO, "journal %s ends with a torn line while its owner runs; "
                               "restart the owner, which cuts it, then retry" % self.path) from None
-            size = os.fstat(self.fd).st_size
-            end = size
-            while end > 0:
-                start = max(0, end - 65536)
-                cut = os.pread(self.fd, end - start, start).rfind(b"\n")
-                if cut >= 0:
-                    end = start + cut + 1
-                    break
-                end = start
-            logger.warning("journal %s: cut a torn last line (%d bytes); it was never acknowledged",
-                           self.path, size - end)
-            os.ftruncate(self.fd, end)
-            if end == 0:
-                self._write(_HEADER)
+            self._cut_torn_line()
         finally:
             os.close(lock_fd)
+
+    def _cut_torn_line(self) -> None:
+        """Holding flock and the owner lock: cut the file back to its last newline."""
+        size = os.fstat(self.fd).st_size
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            cut = os.pread(self.fd, end - start, start).rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        logger.warning("journal %s: cut a torn last line (%d bytes); it was never acknowledged",
+                       self.path, size - end)
+        os.ftruncate(self.fd, end)
+        if end == 0:
+            self._write(_HEADER)
+
+    def _owner_mend(self, end: int) -> int:
+        """Owner, before an append, when the file grew past its last one: never glue.
+
+        The kernel copies a write page by page and stops at SIGKILL, so a
+        producer killed inside ``write()`` leaves a line with no end; a line
+        appended onto it would be lost with it at the next replay.  If the
+        file does not end with a newline, flock waits out a producer's append
+        in flight, and what is still torn is cut.  Returns the file's end.
+        """
+        if end and os.pread(self.fd, 1, end - 1) != b"\n":
+            self._lock_file()
+            try:
+                if self._size and os.pread(self.fd, 1, self._size - 1) != b"\n":
+                    self._cut_torn_line()
+            finally:
+                self._unlock_file()
+            end = os.lseek(self.fd, 0, os.SEEK_END)
+        return end
 
     def note_foreign_writes(self) -> None:
         """Owner: producers appended since the last sync; the next sync covers them."""
@@ -1307,10 +1335,13 @@ class Wheel:
                 return  # an id that is already live: adding is idempotent
             args = o["args"]
             kwargs = o["kwargs"]
+            due = o["due"]
             if args.__class__ is not list or kwargs.__class__ is not dict:
                 raise TypeError("args must be a list and kwargs an object")
-            rec = _Rec(tid, o["task"], args, kwargs or None, float(o["due"]), o.get("tries", 0),
-                       error=o.get("error"))
+            if due.__class__ is not float:
+                due = float(due)
+            rec = _Rec(tid, o["task"], args, kwargs or None, due, o.get("tries", 0), PENDING,
+                       o.get("error"))
             if rec.name.__class__ is not str:
                 raise TypeError("task must be a string")
             tasks[tid] = rec

@@ -246,6 +246,11 @@ def _register(wheel, runs: str | None, block: str | None, work_ms: float = 0):
         if token == block:
             _say("BLOCKED", token)
             never.wait()
+        if token.startswith("spawn:"):
+            # A task that adds a task: in an owner this is the owner's own append.
+            child = token[len("spawn:"):]
+            handle = record.delay(child, count_down=3600)
+            _say("SPAWNED", child, handle.id)
         if work_ms:
             never.wait(rng.uniform(0, work_ms) / 1000)  # the task's "work": widens the in-flight window
 

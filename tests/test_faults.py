@@ -351,3 +351,36 @@ def test_fsync_failure_on_stop_still_releases_the_journal(make_wheel, journal, c
     again = make_wheel(journal)
     again.start()  # the owner lock was released
     assert [i.id for i in again.pending()] == [h.id]
+
+
+# -- a producer killed inside its write() ------------------------------------------
+
+
+def test_owner_cuts_a_torn_producer_line_before_its_own_append(make_wheel, journal, clock, caplog):
+    """The bytes a producer killed mid-write leaves (tests/test_multiprocess.py tears a
+    journal that way for real); here they are written directly, so the test is exact."""
+    ran = []
+    w = make_wheel(journal)
+    t = w.task(name="fault.t")(ran.append)
+    w.start()
+    before = t.delay("before", count_down=100)
+    torn = b'{"p":1,"op":"add","id":"torn","task":"fault.t","due":1000100.0,"args":["x'
+    with open(journal, "ab") as f:
+        f.write(torn)
+    with caplog.at_level(logging.WARNING, logger="wheelq"):
+        acked = t.delay("acked", count_down=100)  # the owner's own append
+    assert any("torn" in r.getMessage() for r in caplog.records)
+    records = journal_bytes_ok(journal)  # whole lines only: nothing was glued on
+    assert [r["id"] for r in records] == [before.id, acked.id]
+    # A producer appends cleanly after it, and a new owner finds all three.
+    p = make_wheel(journal)
+    pt = p.task(name="fault.t")(lambda x: None)
+    added = pt.delay("producer", count_down=100)
+    assert w.stop(timeout=10)
+    again = make_wheel(journal)
+    again.task(name="fault.t")(ran.append)
+    again.start()
+    assert {i.id for i in again.pending()} == {before.id, acked.id, added.id}
+    clock.advance(100)
+    assert again.join(timeout=10)
+    assert sorted(ran) == ["acked", "before", "producer"]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 
 import wheelq
-from conftest import run_python
+from conftest import python_env, run_python
 from mp_agent import Agent, read_lines, read_runs, run_counts, wait_for
 
 
@@ -283,3 +285,71 @@ def test_standby_takes_over_when_the_owner_stops(tmp_path, journal, agents):
     assert [(t, pid) for t, pid, _ in read_runs(runs)] and \
         sorted(t for t, _, _ in read_runs(runs)) == sorted("s%d" % i for i in range(10))
     assert {pid for _, pid, _ in read_runs(runs)} == {standby.pid}
+
+
+BIG_WRITER = r"""
+import os, sys, wheelq
+w = wheelq.Wheel(sys.argv[1])
+record = w.task(name="mp.record")(lambda token: None)
+payload = "x" * (48 << 20)
+os.write(1, b"go\n")
+record.delay(payload, count_down=3600)  # one write() of 48 MiB: the kill lands inside it
+os.write(1, b"written\n")
+"""
+
+
+def _tear_the_journal_with_a_killed_producer(journal, tmp_path):
+    """A real torn line: SIGKILL a producer inside a 48 MiB write().
+
+    The kernel copies a write page by page and stops at a fatal signal, so the
+    file keeps the part already copied: a line with no end.
+    """
+    for attempt in range(3):
+        start = os.path.getsize(journal)
+        p = subprocess.Popen([sys.executable, "-c", BIG_WRITER, journal], stdout=subprocess.PIPE,
+                             env=python_env())
+        try:
+            assert p.stdout.readline() == b"go\n"
+            wait_for(lambda: os.path.getsize(journal) > start, 30, "the big write to begin",
+                     interval=0.0005)
+            os.kill(p.pid, signal.SIGKILL)
+        finally:
+            p.wait(30)
+            p.stdout.close()
+        size = os.path.getsize(journal)
+        with open(journal, "rb") as f:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                return size - start
+    pytest.skip("the 48 MiB write finished before SIGKILL landed, three times")
+
+
+def test_owner_never_appends_onto_a_line_torn_by_a_killed_producer(tmp_path, journal, agents):
+    runs = str(tmp_path / "runs")
+    owner = agents("owner", *_owner_args(journal, runs, "--tick", "0.05"))
+    owner.expect("OWNER", 30)
+    w, record = _producer_wheel(journal)
+    try:
+        before = record.delay("before", count_down=3600)
+        record.delay("spawn:child", count_down=1.5)  # runs after the tear; adds "child" as the owner
+    finally:
+        w.stop()
+    torn = _tear_the_journal_with_a_killed_producer(journal, tmp_path)
+    assert torn > 0
+    # The owner's own append (an acknowledged add) and the done record that follows.
+    child_id = owner.expect("SPAWNED child", 20).split()[2]
+    wait_for(lambda: "spawn:child" in run_counts(runs), 20, "spawn:child to run")
+    assert owner.terminate() == 0, owner.diagnostics()
+    # Every line of the file is whole, and a new owner finds every acknowledged task.
+    with open(journal, "rb") as f:
+        data = f.read()
+    assert data.endswith(b"\n")
+    for n, line in enumerate(data.splitlines(), 1):
+        json.loads(line)  # raises on the torn line, or on a line glued onto it
+    again = wheelq.Wheel(journal)
+    again.task(name="mp.record")(lambda token: None)
+    again.start()
+    try:
+        assert {t.id for t in again.pending()} == {before.id, child_id}
+    finally:
+        assert again.stop(timeout=30)
