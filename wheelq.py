@@ -1561,6 +1561,12 @@ class Wheel:
                 with self._journal.lock:
                     if self._journal.fd is not None:
                         self._ingest()
+                        journal = self._journal
+                        end = os.lseek(journal.fd, 0, os.SEEK_END)
+                        if end > journal.offset:
+                            # A line without its end: an append in flight, or one a killed
+                            # producer tore, which blocks producers until it is cut.
+                            journal._owner_mend(end)
             with self._lock:
                 due = self._ring.advance(self._tick_floor(now))
                 for rec in due:

@@ -324,28 +324,37 @@ def _tear_the_journal_with_a_killed_producer(journal, tmp_path):
     pytest.skip("the 48 MiB write finished before SIGKILL landed, three times")
 
 
-def test_owner_never_appends_onto_a_line_torn_by_a_killed_producer(tmp_path, journal, agents):
+def test_a_line_torn_by_a_killed_producer_is_cut_while_the_owner_runs(tmp_path, journal, agents):
     runs = str(tmp_path / "runs")
     owner = agents("owner", *_owner_args(journal, runs, "--tick", "0.05"))
     owner.expect("OWNER", 30)
     w, record = _producer_wheel(journal)
     try:
         before = record.delay("before", count_down=3600)
-        record.delay("spawn:child", count_down=1.5)  # runs after the tear; adds "child" as the owner
+        torn = _tear_the_journal_with_a_killed_producer(journal, tmp_path)
+        assert torn > 0
+        # Producers cannot append after a torn line (theirs would be lost with it),
+        # and only the owner may cut it: it does at its next tick, appending nothing.
+        def whole():
+            with open(journal, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                return f.read(1) == b"\n"
+        wait_for(whole, 10, "the owner to cut the torn line")
+        assert "spawn:child" not in run_counts(runs)
+        after = record.delay("after")  # a producer goes on at once
+        record.delay("spawn:child")  # a task that adds a task: the owner's own append
+        child_id = owner.expect("SPAWNED child", 20).split()[2]
+        wait_for(lambda: w.get(after.id) is None, 20, "the task added after the cut to run")
     finally:
         w.stop()
-    torn = _tear_the_journal_with_a_killed_producer(journal, tmp_path)
-    assert torn > 0
-    # The owner's own append (an acknowledged add) and the done record that follows.
-    child_id = owner.expect("SPAWNED child", 20).split()[2]
-    wait_for(lambda: "spawn:child" in run_counts(runs), 20, "spawn:child to run")
     assert owner.terminate() == 0, owner.diagnostics()
+    assert any("cut a torn last line" in ln for ln in owner.drain_lines()), owner.diagnostics()
     # Every line of the file is whole, and a new owner finds every acknowledged task.
     with open(journal, "rb") as f:
         data = f.read()
     assert data.endswith(b"\n")
-    for n, line in enumerate(data.splitlines(), 1):
-        json.loads(line)  # raises on the torn line, or on a line glued onto it
+    for line in data.splitlines():
+        json.loads(line)
     again = wheelq.Wheel(journal)
     again.task(name="mp.record")(lambda token: None)
     again.start()
@@ -353,3 +362,4 @@ def test_owner_never_appends_onto_a_line_torn_by_a_killed_producer(tmp_path, jou
         assert {t.id for t in again.pending()} == {before.id, child_id}
     finally:
         assert again.stop(timeout=30)
+    assert run_counts(runs) == Counter({"after": 1, "spawn:child": 1})
