@@ -871,12 +871,11 @@ def _replay(data: bytes, path: str, apply: Callable[[dict], None]) -> tuple:
     # Replay is bound by parsing: decode the file once and run the C scanner
     # on each line, which skips the Python layers of json.loads.  A line the
     # scanner refuses goes to json.loads, which has the last word.
-    body = data[head:end]
     raws = None
     try:
-        lines = body.decode("utf-8").split("\n")
+        lines = str(memoryview(data)[head:end], "utf-8").split("\n")  # no copy of the bytes
     except UnicodeDecodeError:
-        raws = body.split(b"\n")
+        raws = data[head:end].split(b"\n")
         lines = [_utf8_or_empty(raw) for raw in raws]
     lines.pop()
     last = len(lines) - 1
