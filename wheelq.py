@@ -1750,8 +1750,12 @@ class Wheel:
                 pid = None
             os.close(fd)
             raise JournalLocked(self._path, pid) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        except OSError as exc:  # e.g. a full disk: the pid only names the owner to others
+            logger.warning("journal %s: could not write this owner's pid to %s (%s); a second "
+                           "owner will be refused without it", self._path, lock_path, exc.strerror)
         self._owner_fd = fd
         return True
 

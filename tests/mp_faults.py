@@ -2,6 +2,8 @@
 
     python tests/mp_faults.py fill JOURNAL fsize
     python tests/mp_faults.py fill JOURNAL diskfull FILLER     (inside a tiny tmpfs)
+    python tests/mp_faults.py start-on-full-disk JOURNAL       (inside a tiny tmpfs)
+    python tests/mp_faults.py read-only-fs JOURNAL             (inside a tmpfs it remounts)
     python tests/mp_faults.py as-nobody SCENARIO JOURNAL
 
 Each prints one JSON object on its last stdout line, for the test to check.
@@ -119,6 +121,69 @@ def fill(path: str, how: str, filler: str | None = None) -> dict:
     return result
 
 
+def start_on_full_disk(path: str) -> dict:
+    """An owner starts on a disk with no room left, not even for its pid."""
+    clock = wheelq.ManualClock()
+    w = wheelq.Wheel(path, clock=clock)
+    t = w.task(name="fault.t")(lambda: None)
+    acked = [t.delay(count_down=100).id for _ in range(3)]
+    fd = os.open(os.path.join(os.path.dirname(path), "filler"), os.O_WRONLY | os.O_CREAT)
+    for size in (4096, 1):
+        try:
+            while True:
+                os.write(fd, b"\0" * size)
+        except OSError:
+            pass
+    os.close(fd)
+    try:
+        while True:  # fill the journal's last page too
+            acked.append(t.delay(count_down=100).id)
+    except OSError:
+        pass
+    w.stop()  # a producer: no owner lock file yet
+    out: dict = {}
+    owner = wheelq.Wheel(path, clock=clock)
+    t = owner.task(name="fault.t")(lambda: None)
+    try:
+        owner.start()
+    except Exception as exc:
+        out["start_error"] = "%s: %s" % (type(exc).__name__, exc)
+        return out
+    out["owner"] = owner.is_owner
+    out["pending"] = sorted(i.id for i in owner.pending()) == sorted(acked)
+    try:
+        wheelq.Wheel(path).start()
+    except wheelq.JournalLocked as exc:
+        out["second_owner"] = str(exc)
+    try:
+        t.delay(count_down=100)
+    except OSError as exc:
+        out["delay_error"] = str(exc)
+    os.unlink(os.path.join(os.path.dirname(path), "filler"))
+    out["after_freeing"] = owner.get(t.delay(count_down=100).id) is not None
+    out["stopped"] = owner.stop(timeout=20)
+    return out
+
+
+def read_only_fs(path: str) -> dict:
+    """The filesystem under a journal is remounted read-only."""
+    import subprocess
+
+    w = wheelq.Wheel(path)
+    w.task(name="fault.t")(lambda: None).delay(count_down=100)
+    w.stop()
+    subprocess.run(["mount", "-o", "remount,ro", os.path.dirname(path)], check=True)
+    out: dict = {}
+    for what, make in (("owner", lambda: wheelq.Wheel(path).start()), ("producer", lambda: wheelq.Wheel(path)),
+                       ("new", lambda: wheelq.Wheel(path + ".new"))):
+        try:
+            make()
+            out[what] = None
+        except OSError as exc:
+            out[what] = {"errno": exc.errno, "msg": str(exc)}
+    return out
+
+
 def as_nobody(scenario: str, path: str) -> dict:
     """Drop to the unprivileged user ``nobody``, then meet a permission fault."""
     os.setgroups([])
@@ -170,6 +235,10 @@ def as_nobody(scenario: str, path: str) -> dict:
 def main(argv: list) -> int:
     if argv[0] == "fill":
         out = fill(argv[1], argv[2], argv[3] if len(argv) > 3 else None)
+    elif argv[0] == "start-on-full-disk":
+        out = start_on_full_disk(argv[1])
+    elif argv[0] == "read-only-fs":
+        out = read_only_fs(argv[1])
     elif argv[0] == "as-nobody":
         out = as_nobody(argv[1], argv[2])
     else:

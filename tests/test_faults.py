@@ -109,23 +109,50 @@ def _can_mount_tmpfs() -> str | None:
     return None
 
 
-def test_disk_full_while_appending(tmp_path):
+def in_tmpfs(tmp_path, size: str, *args: str, setup: str = "true") -> dict:
+    """Run a scenario of mp_faults.py in a tmpfs of ``size`` mounted in a private mount
+    namespace ($1 in ``args`` and ``setup`` is the mount point)."""
     why = _can_mount_tmpfs()
     if why:
         pytest.skip(why)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    script = 'mount -t tmpfs -o size=%s tmpfs "$1" && %s && exec "$2" "$3" "$@"' % (size, setup)
+    cmd = ["unshare", "-m", "sh", "-c", script.replace('"$@"', " ".join('"%s"' % a for a in args)),
+           "sh", str(mnt), sys.executable, FAULTS]
+    return result(subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=python_env()))
+
+
+def test_disk_full_while_appending(tmp_path):
     # 96 KiB of tmpfs, 64 KiB of it taken by a filler the scenario deletes to free space.
-    script = ('mount -t tmpfs -o size=96k tmpfs "$1" && head -c 65536 /dev/zero > "$1/filler" '
-              '&& exec "$2" "$3" fill "$1/j.json" diskfull "$1/filler"')
-    r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(mnt), sys.executable, FAULTS],
-                       capture_output=True, text=True, timeout=60, env=python_env())
-    out = result(r)
-    journal = str(mnt / "j.json")
+    out = in_tmpfs(tmp_path, "96k", "fill", "$1/j.json", "diskfull", "$1/filler",
+                   setup='head -c 65536 /dev/zero > "$1/filler"')
+    journal = str(tmp_path / "mnt" / "j.json")
     check_fill(out, journal)
     assert out["errnos"] == [errno.ENOSPC], out
     assert all("free" in advice(e["msg"], journal) for e in out["errors"]), out
     assert "free disk space" in advice(out["compact_error"], journal), out
+
+
+def test_owner_starts_on_a_full_disk(tmp_path):
+    out = in_tmpfs(tmp_path, "64k", "start-on-full-disk", "$1/j.json")
+    journal = str(tmp_path / "mnt" / "j.json")
+    # No room for its pid in the lock file: it owns the journal all the same...
+    assert "start_error" not in out, out
+    assert out["owner"] and out["pending"], out
+    # ...a second owner is refused, without a pid to name...
+    assert "owned by another process" in out["second_owner"], out
+    # ...an append fails plainly, and works once there is room.
+    assert "free" in advice(out["delay_error"], journal), out
+    assert out["after_freeing"] and out["stopped"], out
+
+
+def test_journal_on_a_read_only_filesystem(tmp_path):
+    out = in_tmpfs(tmp_path, "64k", "read-only-fs", "$1/j.json")
+    journal = str(tmp_path / "mnt" / "j.json")
+    for what, path in (("owner", journal), ("producer", journal), ("new", journal + ".new")):
+        assert out[what]["errno"] == errno.EROFS, out
+        assert "writable" in advice(out[what]["msg"], path), out
 
 
 # -- permissions -----------------------------------------------------------------
