@@ -7,9 +7,12 @@ sense, leave the wheel usable once the cause is gone.
 
 The faults are real: ``RLIMIT_FSIZE`` in a subprocess (Python ignores
 SIGXFSZ, so writes come back short or fail with EFBIG), a tiny tmpfs mounted
-in a private mount namespace for ENOSPC, a subprocess that drops to the user
-``nobody`` for EACCES (root ignores permission bits), ``chattr +i`` for a
-directory even root cannot write, and the ``_Journal._fsync`` seam for EIO.
+in a private mount namespace for ENOSPC (and remounted read-only for EROFS),
+a subprocess that drops to the user ``nobody`` for EACCES (root ignores
+permission bits), ``chattr +i`` for a directory even root cannot write, and
+the ``_Journal._fsync`` seam for EIO.  The tmpfs, ``nobody`` and ``chattr``
+tests skip, saying why, where they cannot run (not root, no unshare or
+chattr, a filesystem without attributes).
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ owner (``start()``), a standby (``start(standby=True)``) or a producer (a
 ``Wheel(path)`` that is never started).  Tasks append ``token pid time`` to a
 shared runs file; producers append a token to their ack file after
 ``delay()`` returned.  Waits are on that evidence, each with a deadline.
+The last test tears the journal for real: a producer is SIGKILLed inside a
+48 MiB ``write()``, which the kernel leaves half done.
 """
 from __future__ import annotations
 
