@@ -72,8 +72,8 @@ Decisions the design contract leaves open
   the journal and what to do; a failed ``delay()`` leaves nothing behind.
 * Under ``fsync="always"``, the thread about to fsync for a group of
   concurrent writers first waits up to 0.5 ms for as many writers as its
-  last fsync carried, so one fsync serves them all.  A lone writer never
-  waits.
+  last fsync carried, so one fsync serves them all.  A writer alone waits
+  at most once, just after the others stop.
 * ``start()`` pauses the cyclic garbage collector (process-wide) while it
   replays the journal and builds the ring, and turns it back on if it was on:
   replay keeps every object it makes, so collecting would find nothing.
