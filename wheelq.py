@@ -617,11 +617,15 @@ class _Journal:
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                # An owner's append in flight ends in microseconds, and a line
+                # torn by a killed producer the owner cuts at its next tick: wait
+                # without the flock, which the owner needs to cut it.
                 pause = threading.Event()
-                for _ in range(400):  # an owner's append in flight ends in microseconds
+                for _ in range(400):
+                    self._unlock_file()
                     pause.wait(0.005)
-                    size = os.fstat(self.fd).st_size
-                    if os.pread(self.fd, 1, size - 1) == b"\n":
+                    self._lock_file()
+                    if not self._size or os.pread(self.fd, 1, self._size - 1) == b"\n":
                         return
                 raise OSError(errno.EIO, "journal %s ends with a torn line while its owner runs; "
                               "restart the owner, which cuts it, then retry" % self.path) from None
@@ -1809,8 +1813,12 @@ class Wheel:
             logger.info("journal %s: standby took over as owner", self._path)
             self._launch()
         except Exception:
-            logger.exception("standby for %s failed", self._path)
-            self._release_owner_lock()
+            # Not left "running" with no timer: the wheel closes, and stop() returns at once.
+            logger.exception("standby for %s failed to take over; this wheel is now closed", self._path)
+            with self._lock:
+                self._state = "stopping"
+                self._stopping.set()
+            self._close()
 
     def _launch(self) -> None:
         self._pool = _Pool(self._workers, self._queue_size, self._run_batch)

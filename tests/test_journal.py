@@ -404,7 +404,9 @@ def test_a_producer_never_glues_its_record_onto_a_torn_line(journal, clock, capl
 
 def test_a_producer_waits_for_a_running_owner_instead_of_cutting(journal, clock):
     owner_ = wheelq.Wheel(journal, clock=clock).start()
-    with open(journal, "ab") as f:  # as if the owner's append were still in flight
+    assert owner_.join(timeout=WAIT)
+    owner_._journal.lock.acquire()  # the owner is in the middle of an append
+    with open(journal, "ab") as f:
         f.write(b'{"op":"add","id":"inflight","task":"job","due":5000000.0,')
     producer = wheelq.Wheel(journal, clock=clock)
     job = producer.task(name="job")(lambda: None)
@@ -422,6 +424,7 @@ def test_a_producer_waits_for_a_running_owner_instead_of_cutting(journal, clock)
     assert not done.wait(0.1)  # it waits rather than cutting the owner's line
     with open(journal, "ab") as f:
         f.write(b'"args":[],"kwargs":{}}\n')
+    owner_._journal.lock.release()
     assert done.wait(WAIT) and errors == []
     producer.stop()
     assert [r["id"] for r in records(journal)] == ["inflight", "p1"]
@@ -454,3 +457,42 @@ def test_creating_a_journal_makes_its_directory_entry_durable(journal, monkeypat
     assert synced == [journal]
     wheelq.Wheel(journal).stop()  # an existing journal: nothing to make durable
     assert synced == [journal]
+
+
+def test_a_standby_that_cannot_take_over_closes_instead_of_hanging(journal, clock, caplog):
+    holder = wheelq.Wheel(journal, clock=clock).start()
+    with open(journal, "ab") as f:  # a bad line in the middle: the takeover's replay refuses it
+        f.write(b"garbage\n" + b'{"op":"done","id":"x"}\n')
+    standby = wheelq.Wheel(journal, clock=clock).start(standby=True)
+    with caplog.at_level(logging.ERROR, logger="wheelq"):
+        assert holder.stop(timeout=WAIT)
+        assert standby._closed.wait(WAIT)
+    assert not standby.is_owner
+    assert standby.stop(timeout=WAIT) is True
+    assert any("failed to take over" in r.getMessage() for r in caplog.records)
+    assert open(journal, "rb").read().count(b"garbage") == 1  # nothing cut
+    fresh = wheelq.Wheel(journal, clock=clock)  # the owner lock was given back
+    with pytest.raises(wheelq.JournalCorrupt):
+        fresh.start()
+    fresh.stop()
+
+
+def test_a_producer_waiting_on_a_torn_line_lets_the_owner_cut_it(journal, clock):
+    owner_ = wheelq.Wheel(journal, clock=clock).start()
+    assert owner_.join(timeout=WAIT)
+    with open(journal, "ab") as f:  # as if a producer had been killed inside its write
+        f.write(b'{"p":1,"op":"add","id":"torn","ta')
+    producer = wheelq.Wheel(journal, clock=clock)
+    job = producer.task(name="job")(lambda: None)
+    result = []
+    t = threading.Thread(target=lambda: result.append(job.delay(task_id="after", count_down=100)))
+    t.start()
+    clock.advance(1)  # the owner's tick cuts the torn line, which it could not if the producer kept the flock
+    t.join(WAIT)
+    assert result and result[0].id == "after"
+    producer.stop()
+    assert owner_.join(timeout=WAIT)
+    clock.advance(1)
+    assert owner_.join(timeout=WAIT)
+    assert [t.id for t in owner_.pending()] == ["after"]
+    assert owner_.stop(timeout=WAIT)
