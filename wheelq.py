@@ -817,8 +817,16 @@ class _Journal:
                     pass
                 raise _os_error(exc, self.path, "cannot compact journal",
                                 _write_advice(exc.errno) + "; the journal is unchanged") from None
-            # From here on the new file is the journal, whatever else fails.
-            self.fd = self._open_fd()
+            # From here on the new file is the journal, whatever else fails:
+            # never go on writing to the replaced one, whose lines would be lost.
+            try:
+                self.fd = self._open_fd()
+            except OSError as exc:
+                self._unlock_file()
+                os.close(old)
+                self.fd = None
+                raise OSError(exc.errno, "journal %s was compacted but cannot be reopened (%s); this "
+                              "Wheel cannot write any more: restart the process" % (self.path, exc)) from None
         finally:
             if self.fd is old:
                 self._unlock_file()

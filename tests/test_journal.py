@@ -496,3 +496,22 @@ def test_a_producer_waiting_on_a_torn_line_lets_the_owner_cut_it(journal, clock)
     assert owner_.join(timeout=WAIT)
     assert [t.id for t in owner_.pending()] == ["after"]
     assert owner_.stop(timeout=WAIT)
+
+
+def test_a_journal_that_cannot_be_reopened_after_compaction_stops_writing(journal, clock, monkeypatch):
+    wheel = owner(journal, clock).start()
+    job = wheel._registry["job"]
+    keep = job.delay(count_down=50)
+    real_open = wheelq._Journal._open_fd
+
+    def no_more_files(self):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(wheelq._Journal, "_open_fd", no_more_files)
+    with pytest.raises(OSError, match="cannot be reopened.*restart"):
+        wheel.compact()
+    monkeypatch.setattr(wheelq._Journal, "_open_fd", real_open)
+    with pytest.raises(wheelq.WheelClosed):  # rather than writing into the replaced file
+        job.delay(count_down=5)
+    assert [r["id"] for r in records(journal)] == [keep.id]  # the compacted file holds the live task
+    wheel.stop(timeout=WAIT)
