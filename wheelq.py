@@ -527,6 +527,8 @@ class _Journal:
                             "check the permissions of the file and its directory, or choose another path") from None
         except OSError as exc:
             raise _os_error(exc, self.path, "cannot open journal",
+                            "the filesystem is read-only: choose a path on a writable one"
+                            if exc.errno == errno.EROFS else
                             "check that the directory exists and is writable") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)

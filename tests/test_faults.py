@@ -155,7 +155,7 @@ def test_journal_on_a_read_only_filesystem(tmp_path):
     journal = str(tmp_path / "mnt" / "j.json")
     for what, path in (("owner", journal), ("producer", journal), ("new", journal + ".new")):
         assert out[what]["errno"] == errno.EROFS, out
-        assert "writable" in advice(out[what]["msg"], path), out
+        assert "read-only" in advice(out[what]["msg"], path), out
 
 
 # -- permissions -----------------------------------------------------------------
