@@ -1024,14 +1024,12 @@ class _Pool:
             if batch is not None:
                 out.extend(batch)
 
-    def shutdown(self, deadline: float | None) -> bool:
-        """Send the sentinels and join the workers; False if the deadline passed."""
+    def shutdown(self) -> None:
+        """Send the sentinels and join the workers."""
         for _ in self.threads:
             self.queue.put(None)
         for t in self.threads:
-            if t.is_alive():
-                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self.threads)
+            t.join()
 
 
 # --------------------------------------------------------------------------
@@ -1925,7 +1923,7 @@ class Wheel:
                 t.join()
         if self._pool is not None:
             self._unqueue(self._pool.drain())
-            self._pool.shutdown(None)
+            self._pool.shutdown()
         self._close()
 
     def _close(self) -> None:
