@@ -2326,16 +2326,20 @@ def _cancel(args: argparse.Namespace) -> int:
     return _report_edit(args, "cancel", done, owner)
 
 
+def _dead_letter_ids(wheel: Wheel, args: argparse.Namespace) -> list:
+    """The ids a requeue or purge names: every dead letter (--failed), or one checked id."""
+    if args.failed:
+        return [t.id for t in wheel.failed()]
+    _lookup(wheel, args.path, args.id, FAILED)
+    return [args.id]
+
+
 def _requeue(args: argparse.Namespace) -> int:
     _ids(args, "requeue")
     count_down = _check_seconds("--count-down", args.count_down)
 
     def change(wheel: Wheel, owner: Any) -> list:
-        if args.failed:
-            ids = [t.id for t in wheel.failed()]
-        else:
-            _lookup(wheel, args.path, args.id, FAILED)
-            ids = [args.id]
+        ids = _dead_letter_ids(wheel, args)
         for tid in ids:
             wheel.requeue(tid, count_down=count_down)
         return ids
@@ -2348,12 +2352,7 @@ def _purge(args: argparse.Namespace) -> int:
     _ids(args, "purge")
 
     def change(wheel: Wheel, owner: Any) -> list:
-        if args.failed:
-            ids = [t.id for t in wheel.failed()]
-        else:
-            _lookup(wheel, args.path, args.id, FAILED)
-            ids = [args.id]
-        return [tid for tid in ids if wheel.purge(tid)]
+        return [tid for tid in _dead_letter_ids(wheel, args) if wheel.purge(tid)]
 
     done, owner = _edit(args.path, change)
     return _report_edit(args, "purge", done, owner)
