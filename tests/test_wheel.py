@@ -652,12 +652,16 @@ def test_worker_threads_are_named(make_wheel, clock):
 
 
 RUN_FOREVER = r"""
-import sys, wheelq
+import signal, sys, threading, wheelq
 wheel = wheelq.Wheel(sys.argv[1], tick=0.05)
-ran = wheel.task(name="hello")(lambda: print("ran", flush=True))
-ran.delay()
-wheel.start()
-print("started", flush=True)
+hello = wheel.task(name="hello")(lambda: print("ran", flush=True))
+
+def add_once_run_forever_handles_signals():
+    while signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        threading.Event().wait(0.01)
+    hello.delay()
+
+threading.Thread(target=add_once_run_forever_handles_signals, daemon=True).start()
 wheel.run_forever()
 print("stopped", wheel.stats()["done"], flush=True)
 """
