@@ -33,40 +33,36 @@ def _remove_sqlite(path):
             pass
 
 
+def _huey_schedule_rate(huey, n):
+    """Schedules per second of ``n`` no-op tasks an hour ahead on ``huey``."""
+    schedule = huey.task(name=NAME)(peer_noop).schedule
+    t = perf()
+    for i in range(n):
+        schedule(args=(i,), delay=3600)
+    return n / (perf() - t)
+
+
 def huey_sqlite_rate(path, n, **kwargs):
     from huey import SqliteHuey
 
     huey = SqliteHuey(name="bench", filename=path, **kwargs)
-    task = huey.task(name=NAME)(peer_noop)
-    schedule = task.schedule
     try:
-        t = perf()
-        for i in range(n):
-            schedule(args=(i,), delay=3600)
-        dt = perf() - t
+        return _huey_schedule_rate(huey, n)
     finally:
         try:
             huey.storage.close()
         except Exception:
             pass
         _remove_sqlite(path)
-    return n / dt
 
 
 def huey_file_rate(path, n):
     from huey import FileHuey
 
-    huey = FileHuey(name="bench", path=path)
-    task = huey.task(name=NAME)(peer_noop)
-    schedule = task.schedule
     try:
-        t = perf()
-        for i in range(n):
-            schedule(args=(i,), delay=3600)
-        dt = perf() - t
+        return _huey_schedule_rate(FileHuey(name="bench", path=path), n)
     finally:
         shutil.rmtree(path, ignore_errors=True)
-    return n / dt
 
 
 def apscheduler_rate(path, n):
