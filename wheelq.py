@@ -20,9 +20,10 @@ Design
 first tick with ``k * tick >= due``, so it never fires early.  Its slot is
 ``k % slots`` and its round ``k // slots``.  Each slot is a dict keyed by the
 absolute tick (which names the round) holding a single record, or an
-insertion-ordered dict of records when the tick holds several.  Adding and
-cancelling are O(1); processing a tick pops one key, so an idle tick costs the
-same with a million tasks pending as with ten.  Each slot also keeps a heap of
+insertion-ordered list of records when the tick holds several.  Cancelling
+leaves a dead entry in the list, which a mostly dead list sheds, so adding
+and cancelling are O(1) (amortised); processing a tick pops one key, so an
+idle tick costs the same with a million tasks pending as with ten.  Each slot also keeps a heap of
 its ticks, so a timer that wakes up more than a whole revolution late catches
 up with one sweep of the slots: O(slots + due), not O(ticks missed).  The ring
 is pure data: no locks, no I/O, no clock.
@@ -74,6 +75,10 @@ Decisions the design contract leaves open
   concurrent writers first waits up to 0.5 ms for as many writers as its
   last fsync carried, so one fsync serves them all.  A writer alone waits
   at most once, just after the others stop.
+* A tick that holds several records keeps them in a list, not in the
+  insertion-ordered dict the design names: the list costs about half the
+  memory (a pending task takes under 300 bytes in all), and a cancelled
+  record's dead entry is skipped and, in bulk, compacted away.
 * ``start()`` pauses the cyclic garbage collector (process-wide) while it
   replays the journal and builds the ring, and turns it back on if it was on:
   replay keeps every object it makes, so collecting would find nothing.
@@ -84,6 +89,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import argparse
+import base64
 import collections
 import contextlib
 import dataclasses
@@ -260,38 +266,122 @@ PENDING, QUEUED, RUNNING = "pending", "queued", "running"
 DONE, FAILED, CANCELLED, UNKNOWN = "done", "failed", "cancelled", "unknown"
 
 
-class _Rec:
-    """One task, as the ring and the index hold it (no per-task dict)."""
+class _Extra:
+    """What few tasks carry besides their args: kwargs, failed tries, the last error."""
 
-    __slots__ = ("id", "name", "args", "kwargs", "due", "k", "tries", "state", "error")
+    __slots__ = ("args", "kwargs", "tries", "error")
 
-    def __init__(self, tid, name, args, kwargs, due, tries=0, state=PENDING, error=None):
-        self.id = tid
-        self.name = name
+    def __init__(self, args, kwargs, tries, error):
         self.args = args
         self.kwargs = kwargs
-        self.due = due
-        self.k = 0
         self.tries = tries
-        self.state = state
         self.error = error
 
 
-class _Bucket(dict):
-    """The records of one tick that holds several: id -> record, in insertion order.
+class _Rec:
+    """One task as the index and the ring hold it: five slots, no per-task dict.
 
-    ``k`` is the tick, the one int object every record of the tick shares
-    as its ``k`` (an int apiece would cost 28 bytes a task).
+    A million pending tasks are a million of these, so every slot counts:
+
+    * ``body`` is the task's args, or an ``_Extra`` for the rare task that
+      also has kwargs, failed tries or an error (read them as properties).
+    * ``at`` says where the task is: its tick (an int) while it waits in the
+      ring, else its state (``PENDING`` when it is pending outside a ring,
+      as in a producer's view; ``QUEUED``, ``RUNNING``, ``FAILED``...).
     """
 
-    __slots__ = ("k",)
+    __slots__ = ("id", "name", "body", "due", "at")
+
+    def __init__(self, tid, name, args, due, at=PENDING):
+        self.id = tid
+        self.name = name
+        self.body = args
+        self.due = due
+        self.at = at
+
+    @property
+    def args(self):
+        body = self.body
+        return body.args if body.__class__ is _Extra else body
+
+    @property
+    def kwargs(self):
+        body = self.body
+        return body.kwargs if body.__class__ is _Extra else None
+
+    @property
+    def tries(self):
+        body = self.body
+        return body.tries if body.__class__ is _Extra else 0
+
+    @property
+    def error(self):
+        body = self.body
+        return body.error if body.__class__ is _Extra else None
+
+    def extra(self, kwargs, tries, error) -> None:
+        """Set kwargs, tries and error together; a task with none of them keeps only its args."""
+        args = self.args
+        self.body = _Extra(args, kwargs, tries, error) if kwargs or tries or error is not None else args
+
+    def outcome(self, tries, error) -> None:
+        """Set tries and error, keeping kwargs."""
+        self.extra(self.kwargs, tries, error)
+
+    @property
+    def state(self):
+        at = self.at
+        return PENDING if at.__class__ is int else at
+
+    @state.setter
+    def state(self, value):
+        """Set a state other than pending-in-the-ring (the ring sets that, by placing it)."""
+        self.at = value
+
+
+class _Bucket(list):
+    """The records of one tick that holds several, in insertion order.
+
+    ``k`` is the tick, the one int object that the ``at`` of every record
+    placed here is (an int apiece would cost 28 bytes a task).  Removing a
+    record leaves its entry behind, dead, and counts it in ``dead``: a record
+    is live at its last entry, and only if its ``at`` is still ``k``.  A
+    bucket that is mostly dead is compacted, so a removal costs O(1)
+    amortised.  A list costs about half the bytes of a dict of the same
+    records.
+    """
+
+    __slots__ = ("k", "dead")
+
+    def live(self, mark: Any) -> list:
+        """The live records in insertion order, their ``at`` set to ``mark``."""
+        k = self.k
+        if not self.dead:
+            for rec in self:
+                rec.at = mark
+            return list(self)
+        out = []
+        for rec in reversed(self):  # the last entry of a re-added record is its place
+            if rec.at is k:
+                rec.at = mark  # and an earlier entry of it no longer matches
+                out.append(rec)
+        out.reverse()
+        return out
+
+    def compact(self) -> None:
+        """Drop the dead entries."""
+        self[:] = live = self.live(None)
+        for rec in live:
+            rec.at = self.k
+        self.dead = 0
 
 
 class _Ring:
     """A hashed timing wheel over integer ticks.
 
     ``last`` is the last tick processed.  ``add`` never places a record at or
-    before it, so nothing is lost to a tick that has passed.
+    before it, so nothing is lost to a tick that has passed.  ``advance``
+    returns the records of the ticks it processes, marked ``QUEUED``.
     """
 
     __slots__ = ("nslots", "slots", "heaps", "last", "size")
@@ -314,32 +404,34 @@ class _Ring:
         slot = self.slots[i]
         cur = slot.get(k)
         if cur is None:
-            rec.k = k
+            rec.at = k
             slot[k] = rec
             heapq.heappush(self.heaps[i], k)
         elif cur.__class__ is _Bucket:
-            rec.k = cur.k
-            cur[rec.id] = rec
+            rec.at = cur.k
+            cur.append(rec)
         else:
-            rec.k = cur.k
-            bucket = slot[k] = _Bucket()
-            bucket.k = cur.k
-            bucket[cur.id] = cur
-            bucket[rec.id] = rec
+            bucket = slot[k] = _Bucket((cur, rec))
+            bucket.k = rec.at = cur.at
+            bucket.dead = 0
         self.size += 1
 
     def remove(self, rec: _Rec) -> bool:
-        """Take ``rec`` out; False if it is not in the ring."""
-        slot = self.slots[rec.k % self.nslots]
-        cur = slot.get(rec.k)
-        if cur is rec:
-            del slot[rec.k]
-        elif cur.__class__ is _Bucket and cur.get(rec.id) is rec:
-            del cur[rec.id]
-            if not cur:
-                del slot[rec.k]
-        else:
+        """Take ``rec`` out, leaving it ``PENDING``; False if it is not in the ring."""
+        k = rec.at
+        if k.__class__ is not int:
             return False
+        slot = self.slots[k % self.nslots]
+        cur = slot.get(k)
+        rec.at = PENDING
+        if cur is rec:
+            del slot[k]
+        else:  # the bucket of tick k holds it: ``at`` is only ever set by add
+            cur.dead += 1
+            if cur.dead == len(cur):
+                del slot[k]
+            elif cur.dead > 8 and cur.dead * 2 > len(cur):
+                cur.compact()
         self.size -= 1
         return True
 
@@ -350,18 +442,22 @@ class _Ring:
             return []
         out: list = []
         n = self.nslots
+        slots, heaps = self.slots, self.heaps
         if to - last >= n:
             # More than a revolution behind: one sweep takes every passed tick.
+            passed = []
             for i in range(n):
-                heap = self.heaps[i]
-                slot = self.slots[i]
+                heap = heaps[i]
+                slot = slots[i]
                 while heap and heap[0] <= to:
-                    cur = slot.pop(heapq.heappop(heap), None)
+                    k = heapq.heappop(heap)
+                    cur = slot.pop(k, None)
                     if cur is not None:
-                        out.extend(cur.values()) if cur.__class__ is _Bucket else out.append(cur)
-            out.sort(key=_by_tick)
+                        passed.append((k, cur))
+            passed.sort(key=_first)
+            for _, cur in passed:
+                _take(cur, out)
         else:
-            slots, heaps = self.slots, self.heaps
             for k in range(last + 1, to + 1):
                 i = k % n
                 heap = heaps[i]
@@ -370,14 +466,23 @@ class _Ring:
                         heapq.heappop(heap)
                     cur = slots[i].pop(k, None)
                     if cur is not None:
-                        out.extend(cur.values()) if cur.__class__ is _Bucket else out.append(cur)
+                        _take(cur, out)
         self.last = to
         self.size -= len(out)
         return out
 
 
-def _by_tick(rec: _Rec) -> int:
-    return rec.k
+def _take(cur: Any, out: list) -> None:
+    """Append the live records of one tick's entry to ``out``, marked ``QUEUED``."""
+    if cur.__class__ is _Bucket:
+        out += cur.live(QUEUED)
+    else:
+        cur.at = QUEUED
+        out.append(cur)
+
+
+def _first(pair: tuple) -> Any:
+    return pair[0]
 
 
 # --------------------------------------------------------------------------
@@ -1124,9 +1229,13 @@ _ID_COUNTER = itertools.count(1)
 
 
 def _new_id_prefix() -> None:
-    """A per-process prefix, so ids are unique across processes and restarts."""
+    """A per-process prefix, so ids are unique across processes and restarts.
+
+    40 random bits in 8 characters, and a hex counter: short ids, because a
+    million pending tasks hold a million of them.
+    """
     global _ID_PREFIX, _ID_COUNTER
-    _ID_PREFIX = os.urandom(5).hex() + "-"
+    _ID_PREFIX = base64.b32encode(os.urandom(5)).decode("ascii").lower() + "-"
     _ID_COUNTER = itertools.count(1)
 
 
@@ -1280,7 +1389,7 @@ class Wheel:
     def _submit(self, task: Task, args: tuple, kwargs: dict, count_down, eta, task_id) -> TaskHandle:
         due = self._due(count_down, eta)
         if task_id is None:
-            tid = _ID_PREFIX + str(next(_ID_COUNTER))
+            tid = "%s%x" % (_ID_PREFIX, next(_ID_COUNTER))
         elif task_id.__class__ is not str or not task_id:
             raise TypeError("task_id must be a non-empty str, not %r" % (task_id,))
         else:
@@ -1288,7 +1397,9 @@ class Wheel:
         journal = self._journal
         if self._live:
             data = _add_line("{", tid, task.name, due, args, kwargs)
-            rec = _Rec(tid, task.name, args, kwargs or None, due)
+            rec = _Rec(tid, task.name, args, due)
+            if kwargs:
+                rec.body = _Extra(args, kwargs, 0, None)
             k = self._tick_ceil(due)
             with journal.lock:
                 if self._state in ("stopping", "closed"):
@@ -1358,10 +1469,11 @@ class Wheel:
                 raise TypeError("args must be a list and kwargs an object")
             if due.__class__ is not float:
                 due = float(due)
-            rec = _Rec(tid, o["task"], args, kwargs or None, due, o.get("tries", 0), PENDING,
-                       o.get("error"))
+            rec = _Rec(tid, o["task"], args, due)
             if rec.name.__class__ is not str:
                 raise TypeError("task must be a string")
+            if kwargs or "tries" in o:
+                rec.extra(kwargs or None, o.get("tries", 0), o.get("error"))
             tasks[tid] = rec
             if self._live:
                 self._ring.add(rec, self._tick_ceil(rec.due))
@@ -1381,17 +1493,20 @@ class Wheel:
             tries = int(o["tries"])
             if rec is not None:
                 self._unplace(rec)
-                rec.tries, rec.error, rec.due = tries, o.get("error"), due
+                rec.outcome(tries, o.get("error"))
+                rec.due = due
                 self._place(rec)
         elif op == "fail":
             tries = int(o["tries"])
             if rec is not None:
                 self._unplace(rec)
-                rec.tries, rec.error, rec.state = tries, o.get("error"), FAILED
+                rec.outcome(tries, o.get("error"))
+                rec.state = FAILED
         elif op == "requeue":
             due = float(o["due"])
             if rec is not None and rec.state == FAILED:
-                rec.tries, rec.error, rec.due = 0, None, due
+                rec.outcome(0, None)
+                rec.due = due
                 self._place(rec)
         else:
             raise ValueError("unknown op %r" % (op,))
@@ -1405,7 +1520,7 @@ class Wheel:
 
     def _unplace(self, rec: _Rec) -> None:
         """Take a pending ``rec`` out of the ring (queued/running ones are not in it)."""
-        if self._live and rec.state == PENDING and self._ring.remove(rec):
+        if self._ring.remove(rec):
             self._counts["pending"] -= 1
 
     def _finish(self, rec: _Rec, state: str) -> None:
@@ -1433,7 +1548,8 @@ class Wheel:
         self._unplace(rec)
         if op == "cancel":
             self._counts["cancelled"] -= 1
-        rec.due, rec.tries, rec.error = saved[1:]
+        rec.due = saved[1]
+        rec.outcome(*saved[2:])
         if saved[0] == FAILED:
             rec.state = FAILED
         else:
@@ -1586,9 +1702,7 @@ class Wheel:
                             # producer tore, which blocks producers until it is cut.
                             journal._owner_mend(end)
             with self._lock:
-                due = self._ring.advance(self._tick_floor(now))
-                for rec in due:
-                    rec.state = QUEUED
+                due = self._ring.advance(self._tick_floor(now))  # marked QUEUED
                 n = len(due)
                 self._counts["pending"] -= n
                 self._counts["queued"] += n
@@ -1633,9 +1747,9 @@ class Wheel:
                 self._unqueue(batch[i:])
                 break
             with lock:
-                if rec.state != QUEUED:
+                if rec.at is not QUEUED:
                     continue  # cancelled while it waited in the queue
-                rec.state = RUNNING
+                rec.at = RUNNING
                 self._counts["queued"] -= 1
                 self._counts["running"] += 1
             task = registry.get(rec.name)
@@ -1644,7 +1758,11 @@ class Wheel:
                 logger.error("task %s: unknown task %r; it is now a dead letter", rec.id, rec.name)
                 continue
             try:
-                task.func(*rec.args, **rec.kwargs) if rec.kwargs else task.func(*rec.args)
+                body = rec.body
+                if body.__class__ is _Extra:
+                    task.func(*body.args, **body.kwargs) if body.kwargs else task.func(*body.args)
+                else:
+                    task.func(*body)
             except BaseException as exc:  # a task's failure never kills the worker
                 logger.exception("task %s (%s) raised", rec.id, rec.name)
                 outcomes.append((rec, task, "%s: %s" % (type(exc).__name__, exc)))
@@ -1688,11 +1806,12 @@ class Wheel:
                         self._finish(rec, DONE)
                         counts["done"] += 1
                     elif what == "retry":
-                        rec.due, rec.tries, rec.error = extra
+                        rec.due = extra[0]
+                        rec.outcome(*extra[1:])
                         self._place(rec)
                         counts["retried"] += 1
                     else:
-                        rec.tries, rec.error = extra
+                        rec.outcome(*extra)
                         rec.state = FAILED
                         counts["failed"] += 1
                 self._idle.notify_all()
@@ -1796,7 +1915,7 @@ class Wheel:
             add, tick_ceil = ring.add, self._tick_ceil
             pending = 0
             for rec in self._tasks.values():
-                if rec.state == PENDING:
+                if rec.at is PENDING:
                     add(rec, tick_ceil(rec.due))
                     pending += 1
             self._counts["pending"] = pending

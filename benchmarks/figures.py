@@ -323,10 +323,6 @@ def fig_tick(cfg, scratch):
 # --------------------------------------------------------------------------
 
 
-def _ids(n):
-    return [wheelq._ID_PREFIX + str(i + 1) for i in range(n)]
-
-
 def fig_memory(cfg, scratch):
     """tracemalloc: bytes Python allocated and still holds per pending task."""
     import tracemalloc

@@ -4,11 +4,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wheelq import _Rec, _Ring
+from wheelq import PENDING, QUEUED, _Bucket, _Rec, _Ring
 
 
 def rec(tid, due=0.0):
-    return _Rec(str(tid), "t", (), None, due)
+    return _Rec(str(tid), "t", (), due)
 
 
 def ids(recs):
@@ -21,6 +21,7 @@ def test_add_and_advance_in_tick_order():
         ring.add(rec(tid), k)
     assert len(ring) == 4
     assert ids(ring.advance(102)) == ["a"]
+    assert ring.advance(102) == []
     assert ids(ring.advance(104)) == ["b", "b2"]  # several in one tick keep insertion order
     assert ids(ring.advance(110)) == ["c"]
     assert len(ring) == 0
@@ -44,7 +45,7 @@ def test_add_at_or_before_last_goes_to_the_next_tick():
     early = rec("early")
     ring.add(early, 10)
     ring.add(rec("now"), 50)
-    assert early.k == 51
+    assert early.at == 51
     assert ids(ring.advance(51)) == ["early", "now"]
 
 
@@ -56,7 +57,7 @@ def test_advance_backwards_does_nothing_and_repeats_nothing():
     assert ring.last == 5
     late = rec("late")
     ring.add(late, 4)  # at or before the processed tick
-    assert late.k == 6
+    assert late.at == 6
 
 
 def test_remove_single_and_from_a_shared_tick():
@@ -69,8 +70,53 @@ def test_remove_single_and_from_a_shared_tick():
     assert ring.remove(a) is False
     assert ring.remove(b) is True
     assert len(ring) == 1
+    assert a.at == PENDING and b.at == PENDING  # removed: pending, out of the ring
     assert ids(ring.advance(10)) == ["c"]
+    assert c.at == QUEUED  # advance marks what it returns
     assert ring.remove(c) is False
+
+
+def test_a_record_removed_and_added_back_to_its_tick_fires_once():
+    ring = _Ring(8, last=0)
+    a, b = rec("a"), rec("b")
+    ring.add(a, 5)
+    ring.add(b, 5)
+    ring.remove(a)
+    ring.add(a, 5)  # its dead entry is still in the bucket
+    ring.remove(b)
+    ring.add(b, 5)
+    assert len(ring) == 2
+    assert ids(ring.advance(5)) == ["a", "b"]
+    assert len(ring) == 0
+
+
+def test_a_tick_whose_records_all_leave_is_dropped():
+    ring = _Ring(8, last=0)
+    recs = [rec(i) for i in range(5)]
+    for r in recs:
+        ring.add(r, 3)
+    for r in recs:
+        assert ring.remove(r) is True
+    assert ring.slots[3] == {}
+    assert len(ring) == 0
+    assert ring.advance(10) == []
+
+
+def test_a_mostly_dead_bucket_is_compacted():
+    """Cancelling many tasks of one tick leaves no pile of dead entries behind."""
+    ring = _Ring(8, last=0)
+    recs = [rec(i) for i in range(1000)]
+    for r in recs:
+        ring.add(r, 4)
+    for r in recs[:990]:
+        ring.remove(r)
+        ring.add(r, 4)  # added back: a duplicate entry each time
+        ring.remove(r)
+    bucket = ring.slots[4][4]
+    assert isinstance(bucket, _Bucket)
+    assert len(bucket) <= 2 * 10 + 9  # live entries, plus dead ones below the threshold
+    assert len(ring) == 10
+    assert ids(ring.advance(4)) == [str(i) for i in range(990, 1000)]
 
 
 def test_catch_up_after_more_than_a_revolution_takes_all_passed_ticks_once():
@@ -131,6 +177,7 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.integers(-5, 60)),
         st.tuples(st.just("remove"), st.integers(0, 200)),
+        st.tuples(st.just("readd"), st.integers(0, 200)),
         st.tuples(st.just("advance"), st.integers(-5, 80)),
     ),
     max_size=120,
@@ -150,9 +197,17 @@ def test_ring_matches_a_sorted_model(nslots, script):
             r = rec(seq)
             ring.add(r, arg)
             model[r.id] = (max(arg, ring.last + 1), seq)
-            assert r.k == model[r.id][0]
+            assert r.at == model[r.id][0]
             added.append(r)
             seq += 1
+        elif op == "readd" and added:
+            # A record that left the ring (cancelled, or run and retried) comes back.
+            r = added[arg % len(added)]
+            if r.id not in model:
+                r.at = PENDING
+                ring.add(r, arg % 70 - 5)
+                model[r.id] = (r.at, seq)
+                seq += 1
         elif op == "remove" and added:
             r = added[arg % len(added)]
             assert ring.remove(r) is (r.id in model)
@@ -163,7 +218,8 @@ def test_ring_matches_a_sorted_model(nslots, script):
             want = sorted((v for v in model.items() if v[1][0] <= arg), key=lambda kv: kv[1])
             assert ids(got) == [kv[0] for kv in want]
             for r in got:
-                assert before < r.k <= max(arg, before)
+                assert before < model[r.id][0] <= max(arg, before)
+                assert r.at == QUEUED
                 del model[r.id]
             assert ring.last == max(before, arg)
         assert len(ring) == len(model)
