@@ -81,7 +81,11 @@ Decisions the design contract leaves open
   record's dead entry is skipped and, in bulk, compacted away.
 * ``start()`` pauses the cyclic garbage collector (process-wide) while it
   replays the journal and builds the ring, and turns it back on if it was on:
-  replay keeps every object it makes, so collecting would find nothing.
+  replay keeps every object it makes, so collecting would find nothing.  It
+  then moves the young objects of the process into the oldest generation
+  (``gc.freeze()``, ``gc.unfreeze()``), so the next collection does not walk
+  a million new records at once; a process that froze objects itself keeps
+  them frozen, and this step is skipped.
 """
 
 from __future__ import annotations
@@ -545,22 +549,23 @@ def _value_encoder() -> Callable[[Any], str]:
 
 _json_values = _value_encoder()
 _json_str = json.encoder.encode_basestring
+_INF = math.inf
 
 
-def _add_line(head: str, tid: str, name: str, due: float, args: tuple, kwargs: dict) -> bytes:
+def _add_line(head: str, tid: str, task: Task, due: float, args: tuple, kwargs: dict) -> bytes:
     """An ``add`` record: the bytes ``_line`` gives, built from parts (the hot path).
 
     ``head`` is ``"{"``, or ``'{"p":1,'`` for a producer.
     """
-    if due.__class__ is float and -math.inf < due < math.inf:
+    if due.__class__ is float and -_INF < due < _INF:
         try:
             return ('%s"op":"add","id":%s,"task":%s,"due":%r,"args":%s,"kwargs":%s}\n' % (
-                head, _json_str(tid), _json_str(name), due,
+                head, _json_str(tid), task.json_name, due,
                 _json_values(args) if args else "[]",
                 _json_values(kwargs) if kwargs else "{}")).encode("utf-8")
         except (TypeError, ValueError):
             pass  # _line raises the error that names the value
-    record = {"op": "add", "id": tid, "task": name, "due": due, "args": args, "kwargs": kwargs}
+    record = {"op": "add", "id": tid, "task": task.name, "due": due, "args": args, "kwargs": kwargs}
     return _line(record if head == "{" else dict(p=1, **record))
 
 
@@ -994,9 +999,11 @@ def _replay(data: bytes, path: str, apply: Callable[[dict], None]) -> tuple:
         raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
     head = data.index(b"\n") + 1
     _check_header(data[:head], path)
-    # Replay is bound by parsing: decode the file once and run the C scanner
-    # on each line, which skips the Python layers of json.loads.  A line the
-    # scanner refuses goes to json.loads, which has the last word.
+    # Replay is bound by parsing.  Decode the file once, and let the C scanner
+    # read a few thousand lines at a time as one JSON array: a Python call per
+    # line costs as much as the scanning.  A chunk whose lines are not one
+    # JSON value each is read again line by line, where json.loads has the
+    # last word on a line and the error names it.
     raws = None
     try:
         lines = str(memoryview(data)[head:end], "utf-8").split("\n")  # no copy of the bytes
@@ -1004,31 +1011,59 @@ def _replay(data: bytes, path: str, apply: Callable[[dict], None]) -> tuple:
         raws = data[head:end].split(b"\n")
         lines = [_utf8_or_empty(raw) for raw in raws]
     lines.pop()
-    last = len(lines) - 1
-    scan = _scan_json
-    loads = json.loads
-    for j, line in enumerate(lines):
+    for a in range(0, len(lines), _REPLAY_CHUNK):
+        chunk = lines[a:a + _REPLAY_CHUNK]
+        objs = _scan_chunk(chunk) if raws is None else None
+        torn = None
+        if objs is None:
+            objs = []
+            for j, line in enumerate(chunk, a):
+                raw = line.encode("utf-8") if raws is None else raws[j]
+                try:
+                    objs.append(_scan_line(line, raw))
+                except ValueError:
+                    if j == len(lines) - 1 and end == len(data):
+                        torn = end - len(raw) - 1, j + 1
+                        break
+                    raise JournalCorrupt(path, j + 2, "unreadable JSON: %.60r" % raw) from None
+        j = a
         try:
-            obj, stop = scan(line, 0)
-        except (ValueError, StopIteration):
-            stop = -1
-        if stop != len(line):
-            raw = line.encode("utf-8") if raws is None else raws[j]
-            try:
-                obj = loads(raw)
-            except ValueError:
-                if j == last and end == len(data):
-                    return end - len(raw) - 1, j + 1
-                raise JournalCorrupt(path, j + 2, "unreadable JSON: %.60r" % raw) from None
-        try:
-            apply(obj)
+            for obj in objs:
+                apply(obj)
+                j += 1
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise JournalCorrupt(path, j + 2, "not a wheelq record (%s: %s)"
                                  % (type(exc).__name__, exc)) from None
+        if torn:
+            return torn
     return end, len(lines) + 1
 
 
+_REPLAY_CHUNK = 4096  # lines the scanner reads at a time
 _scan_json = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
+
+
+def _scan_chunk(lines: list) -> list | None:
+    """The JSON values of ``lines`` (one per line, no newline in any), or None."""
+    text = "[%s]" % ",".join(lines)
+    try:
+        objs, stop = _scan_json(text, 0)
+    except (ValueError, StopIteration):
+        return None
+    if stop != len(text) or len(objs) != len(lines):
+        return None  # e.g. a line holding two values, or none
+    return objs
+
+
+def _scan_line(line: str, raw: bytes) -> Any:
+    """The JSON value of one line; ValueError if it is not exactly one."""
+    try:
+        obj, stop = _scan_json(line, 0)
+        if stop == len(line):
+            return obj
+    except (ValueError, StopIteration):
+        pass
+    return json.loads(raw)
 
 
 def _utf8_or_empty(raw: bytes) -> str:
@@ -1166,13 +1201,14 @@ class Task:
 
     def __init__(self, wheel: Wheel, func: Callable, name: str, retries: int,
                  retry_delay: float, retry_backoff: float):
+        functools.update_wrapper(self, func)  # first: the function's attributes never win
         self.wheel = wheel
         self.func = func
         self.name = name
+        self.json_name = _json_str(name)  # as an add record spells it
         self.retries = retries
         self.retry_delay = retry_delay
         self.retry_backoff = retry_backoff
-        functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function now, in this thread."""
@@ -1286,9 +1322,14 @@ class Wheel:
         self._queue_size = _check_int("queue_size", 2 * workers if queue_size is None else queue_size, 1)
         self._nslots = _check_int("slots", slots, 1)
         self._tick = _check_seconds("tick", tick, positive=True)
+        if self._tick == 1.0:
+            # k * 1.0 is exact for every tick below 2**53 seconds: the plain C
+            # functions give the same ticks as the general methods, and fast.
+            self._tick_floor, self._tick_ceil = math.floor, math.ceil
         if fsync not in ("always", "batch", "never"):
             raise ValueError("'fsync' must be 'always', 'batch' or 'never', not %r" % (fsync,))
         self._clock = clock if clock is not None else SystemClock()
+        self._now = time.time if self._clock.__class__ is SystemClock else self._clock.time
         self._path = None if path is None else os.fspath(path)
         self._journal = _Journal(self._path, fsync)
         self._always = fsync == "always"
@@ -1373,9 +1414,9 @@ class Wheel:
                 count_down = _check_seconds("count_down", count_down)
             elif not (0 <= count_down < math.inf):
                 _check_seconds("count_down", count_down)
-            return self._clock.time() + count_down
+            return self._now() + count_down
         if eta is None:
-            return self._clock.time()
+            return self._now()
         if isinstance(eta, datetime):
             return eta.timestamp()
         if isinstance(eta, bool) or not isinstance(eta, (int, float)):
@@ -1387,7 +1428,11 @@ class Wheel:
     # -- adding ------------------------------------------------------------------------
 
     def _submit(self, task: Task, args: tuple, kwargs: dict, count_down, eta, task_id) -> TaskHandle:
-        due = self._due(count_down, eta)
+        cls = count_down.__class__
+        if (cls is float or cls is int) and eta is None and 0 <= count_down < _INF:
+            due = self._now() + count_down  # the common case of _due, inline
+        else:
+            due = self._due(count_down, eta)
         if task_id is None:
             tid = "%s%x" % (_ID_PREFIX, next(_ID_COUNTER))
         elif task_id.__class__ is not str or not task_id:
@@ -1396,7 +1441,7 @@ class Wheel:
             tid = task_id
         journal = self._journal
         if self._live:
-            data = _add_line("{", tid, task.name, due, args, kwargs)
+            data = _add_line("{", tid, task, due, args, kwargs)
             rec = _Rec(tid, task.name, args, due)
             if kwargs:
                 rec.body = _Extra(args, kwargs, 0, None)
@@ -1414,7 +1459,7 @@ class Wheel:
                     self._ring.add(rec, k)
                     self._counts["pending"] += 1
         else:
-            data = _add_line('{"p":1,', tid, task.name, due, args, kwargs)
+            data = _add_line('{"p":1,', tid, task, due, args, kwargs)
             with journal.lock:
                 if self._state == "closed":
                     raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
@@ -1469,9 +1514,8 @@ class Wheel:
                 raise TypeError("args must be a list and kwargs an object")
             if due.__class__ is not float:
                 due = float(due)
-            rec = _Rec(tid, o["task"], args, due)
-            if rec.name.__class__ is not str:
-                raise TypeError("task must be a string")
+            # Interned: a million records share the one str of their task's name.
+            rec = _Rec(tid, sys.intern(o["task"]), args, due)
             if kwargs or "tries" in o:
                 rec.extra(kwargs or None, o.get("tries", 0), o.get("error"))
             tasks[tid] = rec
@@ -2090,18 +2134,25 @@ def _by_due(rec: _Rec) -> float:
 
 @contextlib.contextmanager
 def _gc_paused() -> Any:
-    """Pause the cyclic garbage collector around a replay.
+    """Pause the cyclic garbage collector around a replay, and file what it built as old.
 
     A replay builds a few objects per journal line and keeps them all, so the
     collector would walk the growing heap again and again (a fifth of the
-    time of a big replay) and find nothing to free.  It is enabled again
-    afterwards if it was enabled before.
+    time of a big replay) and find nothing to free.  Afterwards the
+    collector's young generation holds all of them, and its next collection
+    would walk them once more, right away: so they are moved to the oldest
+    generation as they are (``freeze`` then ``unfreeze``), unless this
+    process froze objects of its own, which must stay frozen.  The collector
+    is enabled again if it was enabled before.
     """
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
         if was:
             gc.enable()
 

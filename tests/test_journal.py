@@ -1,6 +1,7 @@
 """The journal (DESIGN.md section 4): format, durability settings, replay of torn and corrupt files, compaction."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -121,9 +122,12 @@ def test_a_torn_header_is_rewritten(journal, clock):
     assert lines(journal) == [b'{"wheelq": 1}']
 
 
+TWO_VALUES = b'{"op":"add","id":"x","task":"job","due":1.0,"args":[],"kwargs":{}},{"op":"done","id":"x"}'
+
+
 @pytest.mark.parametrize("bad", [b"not json at all", b'{"op":"add","id":"x"', b'{"op":"explode","id":"x"}',
                                  b'{"op":"add","id":5,"task":"t","due":1,"args":[],"kwargs":{}}',
-                                 b'["a list"]'])
+                                 b'["a list"]', TWO_VALUES, b"", b"  "])
 def test_a_bad_line_in_the_middle_raises_journal_corrupt_with_its_line_number(journal, clock, bad):
     wheelq.Wheel(journal).stop()
     add = b'{"op":"add","id":"%d","task":"job","due":1.0,"args":[],"kwargs":{}}\n'
@@ -142,9 +146,38 @@ def test_a_bad_line_in_the_middle_raises_journal_corrupt_with_its_line_number(jo
     wheel.stop()
     # the owner lock was given back: once repaired, the journal opens
     with open(journal, "wb") as f:
-        f.write(before.replace(bad + b"\n", b""))
+        f.writelines(line + b"\n" for i, line in enumerate(before.split(b"\n")[:-1]) if i != 3)
     again = wheelq.Wheel(journal, clock=clock).start()
     assert again.stop(timeout=WAIT)
+
+
+@pytest.mark.parametrize("bad", [b"not json at all", TWO_VALUES, b'{"op":"add","id":"y","task":"job","due":1.0'])
+def test_a_bad_line_far_into_a_long_journal_is_named_by_its_number(journal, clock, bad):
+    """Replay reads thousands of lines at a time; an error still names the one line."""
+    wheelq.Wheel(journal).stop()
+    add = b'{"op":"add","id":"%d","task":"job","due":5000000.0,"args":[],"kwargs":{}}\n'
+    with open(journal, "ab") as f:
+        f.write(b"".join(add % i for i in range(10_000)) + bad + b"\n" + add % 10_000)
+    with pytest.raises(wheelq.JournalCorrupt) as info:
+        wheelq.Wheel(journal, clock=clock).start()
+    assert info.value.lineno == 10_002
+    assert lines(journal)[info.value.lineno - 1] == bad
+
+
+def test_a_torn_last_line_of_a_long_journal_keeps_every_line_before_it(journal, clock):
+    wheelq.Wheel(journal).stop()
+    add = b'{"op":"add","id":"%d","task":"job","due":5000000.0,"args":[%d],"kwargs":{}}\n'
+    with open(journal, "ab") as f:
+        f.write(b"".join(add % (i, i) for i in range(9_000)) + b'{"op":"add","id":"torn","ta\n')
+    wheel = owner(journal, clock).start()
+    try:
+        pending = wheel.pending()
+        assert [t.id for t in pending] == [str(i) for i in range(9_000)]
+        assert [t.args for t in pending[-2:]] == [(8_998,), (8_999,)]
+        assert len(lines(journal)) == 9_001
+    finally:
+        wheel._registry.clear()
+        assert wheel.stop(timeout=WAIT)
 
 
 @pytest.mark.parametrize("content", [b"hello\n", b"hello", b'{"other": 1}\n{"op":"add"}\n'])
@@ -515,3 +548,43 @@ def test_a_journal_that_cannot_be_reopened_after_compaction_stops_writing(journa
         job.delay(count_down=5)
     assert [r["id"] for r in records(journal)] == [keep.id]  # the compacted file holds the live task
     wheel.stop(timeout=WAIT)
+
+
+def _replayed_owner(journal, clock, n):
+    w = owner(journal, clock).start()
+    job = w._registry["job"]
+    for i in range(n):
+        job.delay(i, count_down=3600)
+    assert w.stop(timeout=WAIT)
+    return owner(journal, clock)
+
+
+def test_replay_files_its_records_in_the_oldest_gc_generation(journal, clock):
+    """The next collection after a big replay does not walk every record again."""
+    again = _replayed_owner(journal, clock, 200)
+    assert gc.isenabled()
+    again.start()
+    try:
+        assert gc.isenabled()
+        oldest = {id(o) for o in gc.get_objects(generation=2)}
+        recs = list(again._tasks.values())
+        assert len(recs) == 200
+        assert all(id(r) in oldest for r in recs)
+    finally:
+        assert again.stop(timeout=WAIT)
+
+
+def test_replay_leaves_objects_the_process_froze_frozen(journal, clock):
+    again = _replayed_owner(journal, clock, 10)
+    mine = [object()]  # e.g. frozen before fork, to keep pages shared
+    gc.freeze()
+    try:
+        gc.disable()
+        again.start()
+        assert not gc.isenabled()  # it was off before: it stays off
+        assert all(o is not mine for o in gc.get_objects())  # still frozen
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        assert again.stop(timeout=WAIT)

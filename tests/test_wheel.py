@@ -14,6 +14,8 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import wheelq
 from conftest import python_env
@@ -123,6 +125,16 @@ def test_never_early_with_a_fractional_start(start, tick):
         assert sorted(ran) == sorted(dues)
     finally:
         assert wheel.stop(timeout=WAIT)
+
+
+@settings(max_examples=500, deadline=None)
+@given(t=st.floats(min_value=-1e15, max_value=1e15))
+def test_one_second_ticks_take_a_fast_path_that_agrees_with_the_general_rule(t):
+    wheel = wheelq.Wheel(tick=1.0)
+    assert wheel._tick_ceil(t) == wheelq.Wheel._tick_ceil(wheel, t)
+    assert wheel._tick_floor(t) == wheelq.Wheel._tick_floor(wheel, t)
+    k = wheel._tick_ceil(t)
+    assert k * 1.0 >= t and (k - 1) * 1.0 < t  # the first tick at or after t
 
 
 def test_no_count_down_nor_eta_runs_at_the_next_tick(make_wheel, clock):
