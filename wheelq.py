@@ -1026,12 +1026,12 @@ def _replay(data: bytes, path: str, apply: Callable[[dict], None]) -> tuple:
                         torn = end - len(raw) - 1, j + 1
                         break
                     raise JournalCorrupt(path, j + 2, "unreadable JSON: %.60r" % raw) from None
-        j = a
+        obj = None
         try:
             for obj in objs:
                 apply(obj)
-                j += 1
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            j = a + next(i for i, o in enumerate(objs) if o is obj)
             raise JournalCorrupt(path, j + 2, "not a wheelq record (%s: %s)"
                                  % (type(exc).__name__, exc)) from None
         if torn:
@@ -1505,20 +1505,17 @@ class Wheel:
             raise TypeError("id must be a string")
         tasks = self._tasks
         if op == "add":
-            if tid in tasks:
-                return  # an id that is already live: adding is idempotent
             args = o["args"]
             kwargs = o["kwargs"]
             due = o["due"]
             if args.__class__ is not list or kwargs.__class__ is not dict:
                 raise TypeError("args must be a list and kwargs an object")
-            if due.__class__ is not float:
-                due = float(due)
             # Interned: a million records share the one str of their task's name.
-            rec = _Rec(tid, sys.intern(o["task"]), args, due)
+            rec = _Rec(tid, sys.intern(o["task"]), args, due if due.__class__ is float else float(due))
+            if tasks.setdefault(tid, rec) is not rec:
+                return  # an id that is already live: adding is idempotent
             if kwargs or "tries" in o:
                 rec.extra(kwargs or None, o.get("tries", 0), o.get("error"))
-            tasks[tid] = rec
             if self._live:
                 self._ring.add(rec, self._tick_ceil(rec.due))
                 self._counts["pending"] += 1
@@ -1569,13 +1566,15 @@ class Wheel:
 
     def _finish(self, rec: _Rec, state: str) -> None:
         """Forget ``rec`` as finished, remembering its final state for a while."""
-        self._unplace(rec)
-        if self._live:
-            if rec.state == QUEUED:
-                self._counts["queued"] -= 1
-            if state == CANCELLED:
-                self._counts["cancelled"] += 1
-        rec.state = state
+        at = rec.at
+        if at.__class__ is int:  # pending in the ring (replay calls this for every done)
+            self._ring.remove(rec)
+            self._counts["pending"] -= 1
+        elif at == QUEUED:
+            self._counts["queued"] -= 1
+        if state == CANCELLED and self._live:
+            self._counts["cancelled"] += 1
+        rec.at = state
         self._tasks.pop(rec.id, None)
         finished = self._finished
         finished[rec.id] = state
