@@ -1444,7 +1444,7 @@ class Wheel:
             data = _add_line("{", tid, task, due, args, kwargs)
             rec = _Rec(tid, task.name, args, due)
             if kwargs:
-                rec.body = _Extra(args, kwargs, 0, None)
+                rec.extra(kwargs, 0, None)
             k = self._tick_ceil(due)
             with journal.lock:
                 if self._state in ("stopping", "closed"):
