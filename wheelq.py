@@ -84,8 +84,9 @@ Decisions the design contract leaves open
   replay keeps every object it makes, so collecting would find nothing.  It
   then moves the young objects of the process into the oldest generation
   (``gc.freeze()``, ``gc.unfreeze()``), so the next collection does not walk
-  a million new records at once; a process that froze objects itself keeps
-  them frozen, and this step is skipped.
+  a million new records at once.  Where objects are frozen already (by the
+  process itself, or by CPython 3.12, which starts with some), they stay
+  frozen and this step is skipped.
 """
 
 from __future__ import annotations
@@ -2140,9 +2141,9 @@ def _gc_paused() -> Any:
     time of a big replay) and find nothing to free.  Afterwards the
     collector's young generation holds all of them, and its next collection
     would walk them once more, right away: so they are moved to the oldest
-    generation as they are (``freeze`` then ``unfreeze``), unless this
-    process froze objects of its own, which must stay frozen.  The collector
-    is enabled again if it was enabled before.
+    generation as they are (``freeze`` then ``unfreeze``), unless objects
+    are frozen already (by the process, or by CPython 3.12 at startup), which
+    must stay frozen.  The collector is enabled again if it was enabled before.
     """
     was = gc.isenabled()
     gc.disable()
