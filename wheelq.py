@@ -23,10 +23,11 @@ absolute tick (which names the round) holding a single record, or an
 insertion-ordered list of records when the tick holds several.  Cancelling
 leaves a dead entry in the list, which a mostly dead list sheds, so adding
 and cancelling are O(1) (amortised); processing a tick pops one key, so an
-idle tick costs the same with a million tasks pending as with ten.  Each slot also keeps a heap of
-its ticks, so a timer that wakes up more than a whole revolution late catches
-up with one sweep of the slots: O(slots + due), not O(ticks missed).  The ring
-is pure data: no locks, no I/O, no clock.
+idle tick costs the same with a million tasks pending as with ten.  Each
+slot also keeps a heap of its ticks, so a timer that wakes up more than a
+whole revolution late catches up with one sweep of the slots: O(slots +
+due), not O(ticks missed).  The ring is pure data: no locks, no I/O, no
+clock.
 
 *Journal.*  A JSON Lines file: a ``{"wheelq": 1}`` header, then one record per
 line (``add``, ``done``, ``retry``, ``fail``, ``cancel``, ``requeue``,
@@ -1566,9 +1567,12 @@ class Wheel:
             self._counts["pending"] -= 1
 
     def _finish(self, rec: _Rec, state: str) -> None:
-        """Forget ``rec`` as finished, remembering its final state for a while."""
+        """Forget ``rec`` as finished, remembering its final state for a while.
+
+        Replay calls this for every ``done`` line, so it reads ``at`` directly.
+        """
         at = rec.at
-        if at.__class__ is int:  # pending in the ring (replay calls this for every done)
+        if at.__class__ is int:  # pending in the ring
             self._ring.remove(rec)
             self._counts["pending"] -= 1
         elif at == QUEUED:
