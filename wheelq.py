@@ -1510,10 +1510,11 @@ class Wheel:
             args = o["args"]
             kwargs = o["kwargs"]
             due = o["due"]
-            if args.__class__ is not list or kwargs.__class__ is not dict:
-                raise TypeError("args must be a list and kwargs an object")
+            name = o["task"]
+            if args.__class__ is not list or kwargs.__class__ is not dict or name.__class__ is not str:
+                raise TypeError("task must be a string, args a list and kwargs an object")
             # Interned: a million records share the one str of their task's name.
-            rec = _Rec(tid, sys.intern(o["task"]), args, due if due.__class__ is float else float(due))
+            rec = _Rec(tid, sys.intern(name), args, due if due.__class__ is float else float(due))
             if tasks.setdefault(tid, rec) is not rec:
                 return  # an id that is already live: adding is idempotent
             if kwargs or "tries" in o:

@@ -127,6 +127,7 @@ TWO_VALUES = b'{"op":"add","id":"x","task":"job","due":1.0,"args":[],"kwargs":{}
 
 @pytest.mark.parametrize("bad", [b"not json at all", b'{"op":"add","id":"x"', b'{"op":"explode","id":"x"}',
                                  b'{"op":"add","id":5,"task":"t","due":1,"args":[],"kwargs":{}}',
+                                 b'{"op":"add","id":"x","task":7,"due":1,"args":[],"kwargs":{}}',
                                  b'["a list"]', TWO_VALUES, b"", b"  "])
 def test_a_bad_line_in_the_middle_raises_journal_corrupt_with_its_line_number(journal, clock, bad):
     wheelq.Wheel(journal).stop()
