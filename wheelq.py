@@ -422,6 +422,46 @@ class _Ring:
             bucket.dead = 0
         self.size += 1
 
+    def fill(self, recs: Iterable, tick_of: Callable[[float], int]) -> int:
+        """Place ``recs`` in an empty ring, each at ``tick_of(rec.due)``; return how many.
+
+        The records of a replay are grouped by tick first: one slot entry and
+        one heap entry a tick, not a call of ``add`` a record.
+        """
+        first = self.last + 1
+        ticks: dict = {}
+        for rec in recs:
+            k = tick_of(rec.due)
+            if k < first:
+                k = first
+            cur = ticks.get(k)
+            if cur is None:
+                ticks[k] = rec
+            elif cur.__class__ is list:
+                cur.append(rec)
+            else:
+                ticks[k] = [cur, rec]
+        n, slots, heaps = self.nslots, self.slots, self.heaps
+        placed = 0
+        for k, cur in ticks.items():
+            if cur.__class__ is list:
+                for rec in cur:
+                    rec.at = k  # the one int object of the bucket
+                cur = _Bucket(cur)
+                cur.k = k
+                cur.dead = 0
+                placed += len(cur)
+            else:
+                cur.at = k
+                placed += 1
+            i = k % n
+            slots[i][k] = cur
+            heaps[i].append(k)
+        for heap in heaps:
+            heapq.heapify(heap)
+        self.size += placed
+        return placed
+
     def remove(self, rec: _Rec) -> bool:
         """Take ``rec`` out, leaving it ``PENDING``; False if it is not in the ring."""
         k = rec.at
@@ -846,7 +886,7 @@ class _Journal:
 
     # -- reading -------------------------------------------------------------
 
-    def load(self, apply: Callable[[dict], None]) -> None:
+    def load(self, apply_all: Callable[[list], None]) -> None:
         """Owner, holding the owner lock and ``lock``: replay the whole file.
 
         A torn last line is cut off with a warning; a bad line anywhere else
@@ -862,7 +902,7 @@ class _Journal:
                     os.ftruncate(self.fd, 0)
                 self._write(_HEADER)
                 data = _HEADER
-            end, lineno = _replay(data, self.path, apply)
+            end, lineno = _replay(data, self.path, apply_all)
             if end < len(data):
                 logger.warning("journal %s: cut a torn last line (line %d, %d bytes); it was "
                                "never acknowledged", self.path, lineno + 1, len(data) - end)
@@ -990,11 +1030,13 @@ def _check_header(line: bytes, path: str) -> None:
         raise JournalCorrupt(path, 1, "written by a newer wheelq (format %r)" % (head["wheelq"],))
 
 
-def _replay(data: bytes, path: str, apply: Callable[[dict], None]) -> tuple:
+def _replay(data: bytes, path: str, apply_all: Callable[[list], None]) -> tuple:
     """Apply every line of a whole journal; return (bytes of good lines, their count).
 
-    A bad last line counts as torn and stops the replay before it; a bad line
-    anywhere else raises ``JournalCorrupt``.
+    ``apply_all`` applies a list of records in order, and raises
+    ``_BadRecord`` for one that is not a wheelq record.  A bad last line
+    counts as torn and stops the replay before it; a bad line anywhere else
+    raises ``JournalCorrupt``.
     """
     end = data.rfind(b"\n") + 1
     if end == 0:
@@ -1002,57 +1044,72 @@ def _replay(data: bytes, path: str, apply: Callable[[dict], None]) -> tuple:
     head = data.index(b"\n") + 1
     _check_header(data[:head], path)
     # Replay is bound by parsing.  Decode the file once, and let the C scanner
-    # read a few thousand lines at a time as one JSON array: a Python call per
-    # line costs as much as the scanning.  A chunk whose lines are not one
-    # JSON value each is read again line by line, where json.loads has the
-    # last word on a line and the error names it.
+    # read a few thousand lines at a time as one JSON array (their newlines
+    # made commas): a Python call per line costs as much as the scanning.  A
+    # chunk whose lines are not one JSON value each is read again line by
+    # line, where json.loads has the last word on a line and the error names it.
     raws = None
     try:
-        lines = str(memoryview(data)[head:end], "utf-8").split("\n")  # no copy of the bytes
+        text = str(memoryview(data)[head:end], "utf-8")  # no copy of the bytes
     except UnicodeDecodeError:
         raws = data[head:end].split(b"\n")
-        lines = [_utf8_or_empty(raw) for raw in raws]
-    lines.pop()
-    for a in range(0, len(lines), _REPLAY_CHUNK):
-        chunk = lines[a:a + _REPLAY_CHUNK]
-        objs = _scan_chunk(chunk) if raws is None else None
+        raws.pop()
+        text = "".join([_utf8_or_empty(raw) + "\n" for raw in raws])
+    first = 0  # the index of the chunk's first line (the header is not counted)
+    a = 0
+    while a < len(text):
+        b = text.find("\n", min(a + _REPLAY_CHUNK, len(text)) - 1) + 1  # a chunk of whole lines
+        chunk = text[a:b]
+        count = chunk.count("\n")
+        objs = _scan_chunk(chunk, count)
         torn = None
         if objs is None:
             objs = []
-            for j, line in enumerate(chunk, a):
+            for j, line in enumerate(chunk.split("\n")[:-1], first):
                 raw = line.encode("utf-8") if raws is None else raws[j]
                 try:
                     objs.append(_scan_line(line, raw))
                 except ValueError:
-                    if j == len(lines) - 1 and end == len(data):
+                    if b == len(text) and j == first + count - 1 and end == len(data):
                         torn = end - len(raw) - 1, j + 1
                         break
                     raise JournalCorrupt(path, j + 2, "unreadable JSON: %.60r" % raw) from None
-        obj = None
         try:
-            for obj in objs:
-                apply(obj)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            j = a + next(i for i, o in enumerate(objs) if o is obj)
-            raise JournalCorrupt(path, j + 2, "not a wheelq record (%s: %s)"
-                                 % (type(exc).__name__, exc)) from None
+            apply_all(objs)
+        except _BadRecord as bad:
+            raise JournalCorrupt(path, first + bad.index + 2, bad.reason) from None
         if torn:
             return torn
-    return end, len(lines) + 1
+        a = b
+        first += count
+    return end, first + 1
 
 
-_REPLAY_CHUNK = 4096  # lines the scanner reads at a time
+_REPLAY_CHUNK = 1 << 18  # characters the scanner reads at a time (a few thousand lines)
 _scan_json = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
 
 
-def _scan_chunk(lines: list) -> list | None:
-    """The JSON values of ``lines`` (one per line, no newline in any), or None."""
-    text = "[%s]" % ",".join(lines)
+class _BadRecord(Exception):
+    """A replayed value, at ``index`` of its chunk, that is not a wheelq record."""
+
+    def __init__(self, index: int, exc: Exception):
+        super().__init__(index, exc)
+        self.index = index
+        self.reason = _not_a_record(exc)
+
+
+def _not_a_record(exc: Exception) -> str:
+    return "not a wheelq record (%s: %s)" % (type(exc).__name__, exc)
+
+
+def _scan_chunk(chunk: str, count: int) -> list | None:
+    """The JSON values of the ``count`` lines of ``chunk`` (one per line), or None."""
+    text = "[%s]" % chunk[:-1].replace("\n", ",")
     try:
         objs, stop = _scan_json(text, 0)
     except (ValueError, StopIteration):
         return None
-    if stop != len(text) or len(objs) != len(lines):
+    if stop != len(text) or len(objs) != count:
         return None  # e.g. a line holding two values, or none
     return objs
 
@@ -1079,8 +1136,7 @@ def _apply_one(apply: Callable[[dict], None], obj: Any, path: str, lineno: int) 
     try:
         apply(obj)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise JournalCorrupt(path, lineno, "not a wheelq record (%s: %s)"
-                             % (type(exc).__name__, exc)) from None
+        raise JournalCorrupt(path, lineno, _not_a_record(exc)) from None
 
 
 def _apply_lines(data: bytes, lineno: int, path: str, apply: Callable[[dict], None],
@@ -1555,6 +1611,37 @@ class Wheel:
         else:
             raise ValueError("unknown op %r" % (op,))
 
+    def _replay_records(self, objs: list) -> None:
+        """Apply replayed records in order, as ``_apply`` does; ``_BadRecord`` names a bad one.
+
+        A big replay is bound by this loop, so the owner's own adds and dones,
+        nearly every line of such a journal, are applied here inline.
+        """
+        tasks = self._tasks
+        keep, get = tasks.setdefault, tasks.get
+        apply, finish, intern = self._apply, self._finish, sys.intern
+        inline = not self._live
+        i = 0
+        try:
+            for i, o in enumerate(objs):
+                op = o["op"]
+                if inline and op == "add" and len(o) == 6:  # no tries, no producer mark
+                    tid, name, args, due, kwargs = o["id"], o["task"], o["args"], o["due"], o["kwargs"]
+                    if tid.__class__ is str and name.__class__ is str and args.__class__ is list \
+                            and due.__class__ is float and kwargs.__class__ is dict and not kwargs:
+                        keep(tid, _Rec(tid, intern(name), args, due))  # a live id keeps its record
+                        continue
+                elif inline and op == "done" and len(o) == 2:
+                    tid = o["id"]
+                    if tid.__class__ is str:
+                        rec = get(tid)
+                        if rec is not None:
+                            finish(rec, DONE)
+                        continue
+                apply(o)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _BadRecord(i, exc) from None
+
     def _place(self, rec: _Rec) -> None:
         """Make ``rec`` pending (caller holds the state lock, or owns all state)."""
         rec.state = PENDING
@@ -1957,16 +2044,12 @@ class Wheel:
             self._tasks.clear()
             self._live = False
             journal.offset = journal.lineno = 0
-            journal.load(self._apply)
+            journal.load(self._replay_records)
             self._live = True
             journal.shared = False
             ring = self._ring = _Ring(self._nslots, self._tick_floor(self._clock.time()) - 1)
-            add, tick_ceil = ring.add, self._tick_ceil
-            pending = 0
-            for rec in self._tasks.values():
-                if rec.at is PENDING:
-                    add(rec, tick_ceil(rec.due))
-                    pending += 1
+            pending = ring.fill((rec for rec in self._tasks.values() if rec.at is PENDING),
+                                self._tick_ceil)
             self._counts["pending"] = pending
         logger.info("journal %s: owner (pid %d), %d pending, %d dead letters",
                     self._path, os.getpid(), pending, len(self._tasks) - pending)
@@ -2368,7 +2451,7 @@ def _load(path: str, data: bytes) -> Wheel:
     """The tasks of a journal, replayed as an owner would (a torn tail is ignored, not cut)."""
     view = _view_wheel()
     if b"\n" in data:
-        _replay(data, path, view._apply)
+        _replay(data, path, view._replay_records)
     return view
 
 

@@ -9,6 +9,8 @@ import stat
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import wheelq
 
@@ -593,3 +595,71 @@ def test_replay_leaves_objects_the_process_froze_frozen(journal, clock):
         gc.enable()
         gc.unfreeze()
         assert again.stop(timeout=WAIT)
+
+
+_tid = st.sampled_from(["a", "b", "c"])
+_due = st.floats(0, 1e9, allow_nan=False)
+_replayed = st.lists(st.one_of(
+    st.builds(lambda i, d, a: {"op": "add", "id": i, "task": "job", "due": d, "args": a, "kwargs": {}},
+              _tid, _due, st.lists(st.integers(), max_size=2)),
+    st.builds(lambda i, d: {"op": "add", "id": i, "task": "job", "due": d, "args": [], "kwargs": {}},
+              _tid, st.integers(0, 10**9)),  # a due that is an int
+    st.builds(lambda i, d: {"op": "add", "id": i, "task": "job", "due": d, "args": [], "kwargs": {"k": 1}},
+              _tid, _due),
+    st.builds(lambda i, d: {"p": 1, "op": "add", "id": i, "task": "job", "due": d, "args": [1], "kwargs": {}},
+              _tid, _due),
+    st.builds(lambda i, d: {"op": "add", "id": i, "task": "job", "due": d, "args": [], "kwargs": {},
+                            "tries": 2, "error": "boom"}, _tid, _due),
+    st.builds(lambda i: {"op": "done", "id": i}, _tid),
+    st.builds(lambda i: {"op": "done", "id": i, "p": 1}, _tid),
+    st.builds(lambda i: {"op": "cancel", "id": i}, _tid),
+    st.builds(lambda i, d: {"op": "retry", "id": i, "due": d, "tries": 1, "error": "e"}, _tid, _due),
+    st.builds(lambda i: {"op": "fail", "id": i, "tries": 3, "error": "e"}, _tid),
+    st.builds(lambda i, d: {"op": "requeue", "id": i, "due": d}, _tid, _due),
+    st.builds(lambda i: {"op": "purge", "id": i}, _tid),
+), max_size=30)
+
+
+def _replayed_state(view):
+    tasks = {tid: (r.name, r.args, r.kwargs, r.due, r.tries, r.error, r.state) for tid, r in view._tasks.items()}
+    return list(view._tasks), tasks, list(view._finished.items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(objs=_replayed)
+def test_replay_applies_records_exactly_as_apply_does(objs):
+    """Replay applies the common add and done lines inline; the state must be _apply's."""
+    fast, slow = wheelq._view_wheel(), wheelq._view_wheel()
+    fast._replay_records(json.loads(json.dumps(objs)))
+    for o in json.loads(json.dumps(objs)):
+        slow._apply(o)
+    assert _replayed_state(fast) == _replayed_state(slow)
+
+
+def test_replay_names_the_record_that_is_not_a_wheelq_record():
+    good = {"op": "add", "id": "a", "task": "job", "due": 1.0, "args": [], "kwargs": {}}
+    for bad in ({"op": "add", "id": 5, "task": "job", "due": 1.0, "args": [], "kwargs": {}},
+                {"op": "done", "id": ["x"]}, ["a list"], {"op": "explode", "id": "x"}):
+        with pytest.raises(wheelq._BadRecord) as info:
+            wheelq._view_wheel()._replay_records([good, dict(good, id="b"), bad, good])
+        assert info.value.index == 2
+
+
+def test_a_line_that_is_not_utf8_far_into_a_long_journal_is_named_by_its_number(journal, clock):
+    wheelq.Wheel(journal).stop()
+    add = b'{"op":"add","id":"%d","task":"job","due":5000000.0,"args":["\xc3\xa9"],"kwargs":{}}\n'
+    with open(journal, "ab") as f:
+        f.write(b"".join(add % i for i in range(10_000)) + b"\xff\xfe not utf-8\n" + add % 10_000)
+    with pytest.raises(wheelq.JournalCorrupt) as info:
+        wheelq.Wheel(journal, clock=clock).start()
+    assert info.value.lineno == 10_002
+    with open(journal, "rb") as f:  # and with the bad line gone, every other line replays
+        data = f.read().replace(b"\xff\xfe not utf-8\n", b"")
+    with open(journal, "wb") as f:
+        f.write(data)
+    wheel = owner(journal, clock).start()
+    try:
+        assert wheel.stats()["pending"] == 10_001
+        assert wheel.get("9999").args == ("\u00e9",)
+    finally:
+        assert wheel.stop(timeout=WAIT)

@@ -223,3 +223,26 @@ def test_ring_matches_a_sorted_model(nslots, script):
                 del model[r.id]
             assert ring.last == max(before, arg)
         assert len(ring) == len(model)
+
+
+@settings(max_examples=200, deadline=None)
+@given(nslots=st.integers(1, 9), last=st.integers(0, 20), ticks=st.lists(st.integers(0, 60), max_size=40),
+       gone=st.sets(st.integers(0, 39)))
+def test_fill_places_records_as_add_does(nslots, last, ticks, gone):
+    """A replay fills an empty ring at once; it must be the ring that add() would build."""
+    base = 10**6  # ticks past the small ints that Python shares, as real ticks are
+    last += base
+    by_add, by_fill = _Ring(nslots, last), _Ring(nslots, last)
+    a = [rec(i, due=float(base + k)) for i, k in enumerate(ticks)]
+    f = [rec(i, due=float(base + k)) for i, k in enumerate(ticks)]
+    for r in a:
+        by_add.add(r, int(r.due))
+    assert by_fill.fill(f, int) == len(f)
+    assert [r.at for r in f] == [r.at for r in a]  # clamped past ``last`` alike
+    assert len(by_fill) == len(by_add)
+    for i in gone:  # records leave a filled ring as they leave an added one
+        if i < len(a):
+            assert by_fill.remove(f[i]) and by_add.remove(a[i])
+    for to in range(last, base + 70, 7):
+        assert ids(by_fill.advance(to)) == ids(by_add.advance(to))
+    assert len(by_fill) == len(by_add) == 0
