@@ -76,6 +76,13 @@ Decisions the design contract leaves open
   concurrent writers first waits up to 0.5 ms for as many writers as its
   last fsync carried, so one fsync serves them all.  A writer alone waits
   at most once, just after the others stop.
+* Under ``fsync="always"`` the owner's ``delay()`` leaves its line to the
+  thread that commits the group, which writes all the group's lines with one
+  ``write()`` (whole lines, ``O_APPEND``) before its fsync: with many threads
+  adding, a system call apiece hands the GIL around at every call.  If that
+  write fails, every ``delay()`` it carried raises and its task is forgotten.
+  Any other write goes after the lines still waiting, so the file keeps
+  their order.
 * A tick that holds several records keeps them in a list, not in the
   insertion-ordered dict the design names: the list costs about half the
   memory (a pending task takes under 300 bytes in all), and a cancelled
@@ -634,7 +641,8 @@ class _Journal:
         self._size = 0  # the file's size when flock was last taken
         self._end = -1  # owner: where its last append ended (-1: unknown)
         # Group commit.  Writers wait on _sync for _synced to reach their
-        # write; the thread that ran the fsync notifies it.  Under
+        # write; the thread that ran the fsync notifies it.  The owner's adds
+        # under fsync="always" are deferred: that thread writes them first.  Under
         # fsync="always" that thread first waits on _gathered, for at most
         # _GATHER seconds, until as many writes as its last fsync carried are
         # in (_want); each writer that arrives notifies it.
@@ -646,6 +654,9 @@ class _Journal:
         self._syncing = False
         self._group = 1  # writes the last fsync made durable
         self._want = 0  # the _written that ends a gathering (0: nobody gathers)
+        self._deferred: list[bytes] = []  # owner, fsync="always": lines the next commit writes
+        self._appended = 0  # every sequence up to this one is in the file (or lost)
+        self._lost: dict[int, OSError] = {}  # sequences whose deferred write failed
 
     # -- opening -----------------------------------------------------------
 
@@ -692,6 +703,7 @@ class _Journal:
         if self.fd is None:
             return
         try:
+            self._drain()
             if self.mode != "never":
                 self.sync()
         finally:
@@ -732,18 +744,69 @@ class _Journal:
             finally:
                 self._unlock_file()
         else:
-            end = os.lseek(self.fd, 0, os.SEEK_END)  # cheaper than fstat on this path
-            if end != self._end:
-                end = self._owner_mend(end)
-            self._write(data)
-            self._end = end + len(data)
+            if self._deferred:
+                self._drain()
+            self._append_own(data)
+        self._written = self._appended = self._written + 1
+        return self._written
+
+    def defer(self, data: bytes) -> int:
+        """Owner, under fsync="always": leave ``data`` for the next ``commit`` to write.
+
+        The thread that commits writes every deferred line in one write()
+        before its fsync.  Threads adding side by side then make one system
+        call between them instead of one each, and each call hands the GIL
+        around.  Every other write (compaction and close included) writes the
+        deferred lines first, so the file keeps the order of the sequences.
+        The caller holds ``lock``; ``commit`` raises if the write failed.
+        """
+        if self.fd is None:
+            return self.write(data)  # in memory, or closed: as write() says
+        self._deferred.append(data)
         self._written += 1
         return self._written
+
+    def _drain(self) -> None:
+        """Holding ``lock``: write the deferred lines; if that fails, their commits raise."""
+        deferred = self._deferred
+        if not deferred:
+            return
+        data = b"".join(deferred)
+        first = self._written - len(deferred) + 1  # sequences are contiguous: see note_foreign_writes
+        deferred.clear()
+        try:
+            self._append_own(data)
+        except OSError as exc:
+            for seq in range(first, self._written + 1):
+                self._lost[seq] = exc
+        self._appended = self._written
+
+    def _drain_to_commit(self) -> None:
+        """The committing thread: write the deferred lines, unless another thread does.
+
+        ``close()`` writes them holding ``lock`` and then waits for this
+        commit, so never wait for ``lock`` once the lines are gone.
+        """
+        while self._deferred:
+            if self.lock.acquire(timeout=0.001):
+                try:
+                    self._drain()
+                finally:
+                    self.lock.release()
+                return
+
+    def _append_own(self, data: bytes) -> None:
+        """Owner: append, never onto a torn line (see ``_owner_mend``)."""
+        end = os.lseek(self.fd, 0, os.SEEK_END)  # cheaper than fstat on this path
+        if end != self._end:
+            end = self._owner_mend(end)
+        self._write(data)
+        self._end = end + len(data)
 
     def write_locked(self, data: bytes) -> int:
         """Like ``write`` for a producer that already holds the flock."""
         self._append_after_whole_line(data)
-        self._written += 1
+        self._written = self._appended = self._written + 1
         return self._written
 
     def _append_after_whole_line(self, data: bytes) -> None:
@@ -824,8 +887,9 @@ class _Journal:
         return end
 
     def note_foreign_writes(self) -> None:
-        """Owner: producers appended since the last sync; the next sync covers them."""
-        self._written += 1
+        """Owner, holding ``lock``: producers appended since the last sync; the next sync covers them."""
+        self._drain()  # first, so that the deferred lines keep contiguous sequences
+        self._written = self._appended = self._written + 1
 
     def _write(self, data: bytes) -> None:
         try:
@@ -846,13 +910,30 @@ class _Journal:
                           % (self.path, n, len(data)))
 
     def commit(self, seq: int) -> None:
-        """Return once write ``seq`` is on disk; concurrent callers share one fsync."""
-        if self.fd is None:
-            return
+        """Return once write ``seq`` is on disk; concurrent callers share one fsync.
+
+        Raises OSError if ``seq`` was deferred and writing it failed.
+        """
+        self._commit(seq, True)
+
+    def sync(self) -> None:
+        """fsync if anything was written since the last fsync."""
+        if self._written != self._synced:
+            self._commit(self._written, False)
+
+    def _commit(self, seq: int, own: bool) -> None:
+        """``own``: ``seq`` is the caller's, whose lost write it reports (and only it)."""
         with self._sync:
             if self._want and self._written >= self._want:
                 self._gathered.notify()
-            while self._synced < seq:
+            while True:
+                lost = self._lost.pop(seq, None) if own else None
+                if lost is not None:
+                    exc = OSError(lost.errno, lost.strerror)
+                    exc.unwritten = True  # the line never reached the file
+                    raise exc
+                if self._synced >= seq or self.fd is None:  # closed: close() synced
+                    return
                 if self._syncing:
                     self._sync.wait(1.0)
                     continue
@@ -865,9 +946,10 @@ class _Journal:
                     self._want = self._synced + self._group
                     self._gathered.wait(_GATHER)
                     self._want = 0
-                target = self._written
                 self._sync.release()
                 try:
+                    self._drain_to_commit()
+                    target = self._appended
                     self._fsync(self.fd)
                 except OSError as exc:
                     raise _os_error(exc, self.path, "fsync failed on journal",
@@ -878,11 +960,6 @@ class _Journal:
                     self._sync.notify_all()
                 self._group = max(1, target - self._synced)
                 self._synced = max(self._synced, target)
-
-    def sync(self) -> None:
-        """fsync if anything was written since the last fsync."""
-        if self._written != self._synced:
-            self.commit(self._written)
 
     # -- reading -------------------------------------------------------------
 
@@ -942,6 +1019,7 @@ class _Journal:
         Returns the number of records written.
         """
         tmp = self.path + ".tmp"
+        self._drain()  # the snapshot holds their tasks, and their commits wait for a sync
         old = self.fd
         self._lock_file()
         try:
@@ -1511,7 +1589,7 @@ class Wheel:
                     cur = self._tasks.get(tid)
                     if cur is not None:
                         return self._existing(cur)
-                seq = journal.write(data)
+                seq = journal.defer(data) if self._always else journal.write(data)
                 with self._lock:
                     self._tasks[tid] = rec
                     self._ring.add(rec, k)
@@ -1546,11 +1624,16 @@ class Wheel:
         """fsync="always": make the add durable, or take it back and raise."""
         try:
             self._journal.commit(seq)
-        except OSError:
+        except OSError as exc:
             try:
-                self.cancel(tid)
+                if getattr(exc, "unwritten", False):  # not in the file: forget it here only
+                    with self._lock:
+                        self._apply({"op": "cancel", "id": tid})
+                        self._idle.notify_all()
+                else:
+                    self.cancel(tid)
             except Exception:  # the original error is the one to report
-                logger.exception("could not take back task %s after a failed fsync", tid)
+                logger.exception("could not take back task %s after a failed write", tid)
             raise
 
     # -- the state machine of one record (replay, tail, producer view) ----------------

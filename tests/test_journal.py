@@ -663,3 +663,146 @@ def test_a_line_that_is_not_utf8_far_into_a_long_journal_is_named_by_its_number(
         assert wheel.get("9999").args == ("\u00e9",)
     finally:
         assert wheel.stop(timeout=WAIT)
+
+
+# -- fsync="always": the committing thread writes the lines of its group -------------------
+
+
+def _disk_full(fd, data):
+    raise OSError(28, "No space left on device")
+
+
+def _held_first_commit(journal, clock, monkeypatch, adders):
+    """A wheel whose first add is held inside fsync while ``adders`` threads add behind it."""
+    wheelq.Wheel(journal).stop()  # create it first: creating syncs too
+    gate = threading.Event()
+    spy = FsyncSpy(monkeypatch, gate)
+    wheel = owner(journal, clock, fsync="always").start()
+    job = wheel._registry["job"]
+    first = threading.Thread(target=job.delay, args=("first",), kwargs={"count_down": 100})
+    first.start()
+    while spy.calls == 0 and first.is_alive():
+        first.join(0.01)
+    results = []
+
+    def add(i):
+        try:
+            job.delay(i, count_down=100)
+            results.append(("ok", i))
+        except OSError as exc:
+            results.append(("error", i, exc))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(adders)]
+    for t in threads:
+        t.start()
+    while wheel._journal._written < 1 + adders:  # all of them deferred their line and wait
+        first.join(0.01)
+    return wheel, gate, [first] + threads, results
+
+
+def test_concurrent_adds_in_always_mode_share_one_write(journal, clock, monkeypatch):
+    real_write = os.write
+    writes = []
+    wheel, gate, threads, results = _held_first_commit(journal, clock, monkeypatch, 8)
+    monkeypatch.setattr(wheelq.os, "write", lambda fd, data: (writes.append(data), real_write(fd, data))[1])
+    gate.set()
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert sorted(r[1] for r in results if r[0] == "ok") == list(range(8))
+    assert len(writes) == 1 and writes[0].count(b"\n") == 8  # one write() carried the eight lines
+    assert wheel.stop(timeout=WAIT)
+    assert sorted(map(str, (r["args"][0] for r in records(journal)))) == sorted(["first"] + list(map(str, range(8))))
+
+
+def test_a_failed_write_in_always_mode_raises_in_every_add_it_carried(journal, clock, monkeypatch):
+    wheel, gate, threads, results = _held_first_commit(journal, clock, monkeypatch, 8)
+    monkeypatch.setattr(wheelq.os, "write", _disk_full)
+    gate.set()
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert sorted(r[1] for r in results if r[0] == "error") == list(range(8))
+    assert all("cannot append to journal" in str(r[2]) and r[2].errno == 28 for r in results)
+    assert [t.args for t in wheel.pending()] == [("first",)]  # none of the eight will run
+    monkeypatch.undo()
+    wheel._registry["job"].delay("after", count_down=100)  # the disk is back: the wheel goes on
+    assert wheel.stop(timeout=WAIT)
+    assert [r["args"] for r in records(journal)] == [["first"], ["after"]]  # no line of the eight
+    again = wheelq.Wheel(journal, clock=clock).start()
+    assert sorted(t.args for t in again.pending()) == [("after",), ("first",)]
+    assert again.stop(timeout=WAIT)
+
+
+def test_a_sync_by_someone_else_does_not_swallow_a_failed_deferred_write(journal, monkeypatch):
+    j = wheelq._Journal(journal, "always")
+    j.open()
+    j.shared = False
+    with j.lock:
+        mine = j.defer(b'{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":{}}\n')
+    monkeypatch.setattr(wheelq.os, "write", _disk_full)
+    j.sync()  # e.g. close(): it writes the deferred line, which fails, and syncs
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="cannot append to journal") as info:
+        j.commit(mine)  # the add's own commit still learns of it
+    assert info.value.unwritten
+    j.commit(mine)  # reported once
+    j.close()
+    assert lines(journal) == [b'{"wheelq": 1}']
+
+
+def test_a_task_that_runs_before_its_deferred_add_is_written_is_journalled_in_order(journal, clock, monkeypatch):
+    """Any other write writes the deferred lines first: a done line never precedes its add."""
+    wheel, gate, threads, results = _held_first_commit(journal, clock, monkeypatch, 0)
+    job = wheel._registry["job"]
+    adders = [threading.Thread(target=job.delay, args=(i,)) for i in range(6)]  # due now
+    for t in adders:
+        t.start()
+    while wheel._journal._written < 7:
+        adders[0].join(0.01)
+    clock.advance(1)  # they run, and their done lines are written, while their adds wait
+    assert wheel.join(timeout=WAIT)
+    gate.set()
+    for t in threads + adders:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert wheel.stop(timeout=WAIT)
+    seen = set()
+    for r in records(journal):
+        if r["op"] == "done":
+            assert r["id"] in seen
+        else:
+            seen.add(r["id"])
+    assert sum(r["op"] == "done" for r in records(journal)) == 6
+
+
+def test_stopping_while_threads_add_in_always_mode_keeps_every_acknowledged_add(journal, clock):
+    """stop() writes and syncs the deferred lines; no add that returned is lost, none hangs."""
+    wheel = owner(journal, clock, fsync="always").start()
+    job = wheel._registry["job"]
+    acked = [[] for _ in range(8)]
+    started = threading.Barrier(9, timeout=WAIT)
+
+    def add(mine, k):
+        started.wait()
+        for i in range(10_000):
+            try:
+                job.delay(k * 100_000 + i, count_down=100)
+            except wheelq.WheelClosed:
+                return
+            mine.append(k * 100_000 + i)
+
+    threads = [threading.Thread(target=add, args=(acked[k], k)) for k in range(8)]
+    for t in threads:
+        t.start()
+    started.wait()
+    while sum(map(len, acked)) < 200 and threads[0].is_alive():
+        threads[0].join(0.01)
+    assert wheel.stop(timeout=WAIT)
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    again = wheelq.Wheel(journal, clock=clock).start()
+    pending = {t.args[0] for t in again.pending()}
+    assert again.stop(timeout=WAIT)
+    assert set().union(*map(set, acked)) <= pending
