@@ -63,7 +63,7 @@ Decisions the design contract leaves open
   requeue or purge the dead letter first.  Nothing is replaced silently.
 * ``requeue()`` resets ``tries`` so the task gets its full retries again.
 * ``TaskHandle.status()`` remembers the last 65,536 finished ids of this
-  process; an older finished id reads ``"unknown"``.
+  process, and at times up to twice as many; an older one reads ``"unknown"``.
 * A producer's ``cancel()`` is journaled for a task the producer sees
   pending; if the owner has already started it, it runs to the end.
 * ``tick()`` on a journal-backed wheel that was never started refuses: only
@@ -103,7 +103,6 @@ __version__ = "0.1.0"
 
 import argparse
 import base64
-import collections
 import contextlib
 import dataclasses
 import errno
@@ -430,42 +429,39 @@ class _Ring:
         self.size += 1
 
     def fill(self, recs: Iterable, tick_of: Callable[[float], int]) -> int:
-        """Place ``recs`` in an empty ring, each at ``tick_of(rec.due)``; return how many.
+        """Place the pending ``recs`` in an empty ring, at ``tick_of(rec.due)``; return how many.
 
         The records of a replay are grouped by tick first: one slot entry and
-        one heap entry a tick, not a call of ``add`` a record.
+        one heap entry a tick, not a call of ``add`` a record; and each record
+        is touched once, which counts when a million lie all over memory.
         """
         first = self.last + 1
-        ticks: dict = {}
+        ticks: dict = {}  # tick -> [the tick, its records...]
         for rec in recs:
+            if rec.at is not PENDING:
+                continue
             k = tick_of(rec.due)
             if k < first:
                 k = first
-            cur = ticks.get(k)
-            if cur is None:
-                ticks[k] = rec
-            elif cur.__class__ is list:
-                cur.append(rec)
-            else:
-                ticks[k] = [cur, rec]
+            group = ticks.get(k)
+            if group is None:
+                ticks[k] = group = [k]
+            rec.at = group[0]  # one int object a tick: the ``k`` of its bucket
+            group.append(rec)
         n, slots, heaps = self.nslots, self.slots, self.heaps
-        placed = 0
-        for k, cur in ticks.items():
-            if cur.__class__ is list:
-                for rec in cur:
-                    rec.at = k  # the one int object of the bucket
-                cur = _Bucket(cur)
+        for k, group in ticks.items():
+            if len(group) == 2:
+                cur = group[1]
+            else:
+                cur = _Bucket(group[1:])
                 cur.k = k
                 cur.dead = 0
-                placed += len(cur)
-            else:
-                cur.at = k
-                placed += 1
             i = k % n
             slots[i][k] = cur
             heaps[i].append(k)
         for heap in heaps:
             heapq.heapify(heap)
+        placed = sum(map(len, ticks.values())) - len(ticks)
         self.size += placed
         return placed
 
@@ -1020,6 +1016,9 @@ class _Journal:
         """
         tmp = self.path + ".tmp"
         self._drain()  # the snapshot holds their tasks, and their commits wait for a sync
+        if self._lost:  # tasks whose delay() is about to raise: never write them back
+            raise OSError(errno.EIO, "cannot compact journal %s now: a write to it just failed; "
+                          "free space or fix the disk, and it compacts at a later tick" % self.path)
         old = self.fd
         self._lock_file()
         try:
@@ -1477,7 +1476,7 @@ class Wheel:
         self._idle = threading.Condition(self._lock)
         self._tasks: dict[str, _Rec] = {}
         self._ring = _Ring(self._nslots, self._tick_floor(self._clock.time()))
-        self._finished: collections.OrderedDict = collections.OrderedDict()  # id -> final state
+        self._finished: dict = {}  # id -> final state, of the last 65,536 or more
         self._counts = dict.fromkeys(("pending", "queued", "running", "done", "failed",
                                       "retried", "cancelled"), 0)
         self._live = path is None  # state is held here (owner, or in memory)
@@ -1754,10 +1753,11 @@ class Wheel:
         self._tasks.pop(rec.id, None)
         finished = self._finished
         finished[rec.id] = state
-        if len(finished) > _FINISHED_MEMORY:
-            # Not del d[next(iter(d))]: a dict scans the holes its deletions
-            # leave at the front, about 25 us a call at this size.
-            finished.popitem(last=False)
+        if len(finished) > 2 * _FINISHED_MEMORY:
+            # Drop the older half at once.  One at a time costs more: a dict
+            # scans the holes its deletions leave at the front (about 25 us a
+            # call at this size), and an OrderedDict keeps a node per entry.
+            self._finished = dict(itertools.islice(finished.items(), _FINISHED_MEMORY, None))
 
     def _restore(self, rec: _Rec, op: str, saved: tuple) -> None:
         """Undo ``_apply`` of a change whose record could not be written."""
@@ -2131,8 +2131,7 @@ class Wheel:
             self._live = True
             journal.shared = False
             ring = self._ring = _Ring(self._nslots, self._tick_floor(self._clock.time()) - 1)
-            pending = ring.fill((rec for rec in self._tasks.values() if rec.at is PENDING),
-                                self._tick_ceil)
+            pending = ring.fill(self._tasks.values(), self._tick_ceil)
             self._counts["pending"] = pending
         logger.info("journal %s: owner (pid %d), %d pending, %d dead letters",
                     self._path, os.getpid(), pending, len(self._tasks) - pending)

@@ -806,3 +806,20 @@ def test_stopping_while_threads_add_in_always_mode_keeps_every_acknowledged_add(
     pending = {t.args[0] for t in again.pending()}
     assert again.stop(timeout=WAIT)
     assert set().union(*map(set, acked)) <= pending
+
+
+def test_compaction_never_writes_back_a_task_whose_deferred_write_failed(journal, clock, monkeypatch):
+    wheel, gate, threads, results = _held_first_commit(journal, clock, monkeypatch, 1)
+    monkeypatch.setattr(wheelq.os, "write", _disk_full)
+    with pytest.raises(OSError, match="cannot compact journal .* a write to it just failed"):
+        wheel.compact()
+    monkeypatch.undo()
+    gate.set()
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert [r[0] for r in results] == ["error"]
+    assert [t.args for t in wheel.pending()] == [("first",)]
+    wheel.compact()  # and once the failed add has been taken back, compaction goes on
+    assert wheel.stop(timeout=WAIT)
+    assert [r["args"] for r in records(journal)] == [["first"]]

@@ -237,7 +237,10 @@ def test_fill_places_records_as_add_does(nslots, last, ticks, gone):
     f = [rec(i, due=float(base + k)) for i, k in enumerate(ticks)]
     for r in a:
         by_add.add(r, int(r.due))
-    assert by_fill.fill(f, int) == len(f)
+    letter = rec("dead letter", due=float(base + 1))
+    letter.at = "failed"  # not pending: fill leaves it out
+    assert by_fill.fill(f + [letter], int) == len(f)
+    assert letter.at == "failed"
     assert [r.at for r in f] == [r.at for r in a]  # clamped past ``last`` alike
     assert len(by_fill) == len(by_add)
     for i in gone:  # records leave a filled ring as they leave an added one

@@ -282,6 +282,19 @@ def test_handle_status_through_a_life(make_wheel, clock):
     assert wheelq.TaskHandle(wheel, "no-such-id").status() == "unknown"
 
 
+
+def test_finished_ids_are_remembered_for_a_while_then_forgotten(monkeypatch):
+    monkeypatch.setattr(wheelq, "_FINISHED_MEMORY", 4)
+    wheel = wheelq.Wheel()
+    job = wheel.task()(lambda: None)
+    handles = [job.delay() for _ in range(20)]
+    for h in handles:
+        assert h.cancel()
+    assert [h.status() for h in handles[-4:]] == ["cancelled"] * 4  # the last 4 at least
+    assert handles[0].status() == "unknown"  # the oldest are forgotten
+    assert len(wheel._finished) <= 8  # never more than twice as many
+
+
 def test_task_id_makes_adding_idempotent(make_wheel, journal, clock):
     wheel = make_wheel(journal)
     ran = []
