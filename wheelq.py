@@ -584,6 +584,12 @@ def _value_encoder() -> Callable[[Any], str]:
     atoms = frozenset((str, int, float, bool, type(None)))
 
     def encode(values: Any) -> str:
+        if values.__class__ is tuple and len(values) == 1:  # delay(order_id): no encoder call
+            cls = values[0].__class__
+            if cls is int:
+                return "[%d]" % values
+            if cls is str:
+                return "[%s]" % _json_str(values[0])
         for v in values.values() if values.__class__ is dict else values:
             if v.__class__ not in atoms:
                 return "".join(new({})(values, 0))
@@ -597,21 +603,25 @@ _json_str = json.encoder.encode_basestring
 _INF = math.inf
 
 
-def _add_line(head: str, tid: str, task: Task, due: float, args: tuple, kwargs: dict) -> bytes:
+def _add_formats(name: str) -> tuple:
+    """The ``%`` formats of a task's ``add`` lines: the owner's, and a producer's ("p":1)."""
+    rest = '"op":"add","id":%%s,"task":%s,"due":%%r,"args":%%s,"kwargs":%%s}\n' % _json_str(name)
+    return "{" + rest, _MARK.decode("ascii") + rest
+
+
+def _add_line(fmt: str, tid: str, name: str, due: float, args: tuple, kwargs: dict) -> bytes:
     """An ``add`` record: the bytes ``_line`` gives, built from parts (the hot path).
 
-    ``head`` is ``"{"``, or ``'{"p":1,'`` for a producer.
+    ``fmt`` is one of the task's ``_add_formats``.
     """
     if due.__class__ is float and -_INF < due < _INF:
         try:
-            return ('%s"op":"add","id":%s,"task":%s,"due":%r,"args":%s,"kwargs":%s}\n' % (
-                head, _json_str(tid), task.json_name, due,
-                _json_values(args) if args else "[]",
-                _json_values(kwargs) if kwargs else "{}")).encode("utf-8")
+            return (fmt % (_json_str(tid), due, _json_values(args) if args else "[]",
+                           _json_values(kwargs) if kwargs else "{}")).encode()
         except (TypeError, ValueError):
             pass  # _line raises the error that names the value
-    record = {"op": "add", "id": tid, "task": task.name, "due": due, "args": args, "kwargs": kwargs}
-    return _line(record if head == "{" else dict(p=1, **record))
+    record = {"op": "add", "id": tid, "task": name, "due": due, "args": args, "kwargs": kwargs}
+    return _line(dict(p=1, **record) if fmt.startswith('{"p"') else record)
 
 
 class _Journal:
@@ -1340,7 +1350,7 @@ class Task:
         self.wheel = wheel
         self.func = func
         self.name = name
-        self.json_name = _json_str(name)  # as an add record spells it
+        self.add_formats = _add_formats(name)  # the owner's and a producer's add lines
         self.retries = retries
         self.retry_delay = retry_delay
         self.retry_backoff = retry_backoff
@@ -1477,8 +1487,9 @@ class Wheel:
         self._tasks: dict[str, _Rec] = {}
         self._ring = _Ring(self._nslots, self._tick_floor(self._clock.time()))
         self._finished: dict = {}  # id -> final state, of the last 65,536 or more
-        self._counts = dict.fromkeys(("pending", "queued", "running", "done", "failed",
-                                      "retried", "cancelled"), 0)
+        # Events and the queued/running counts; "pending" is the ring's size (see stats()).
+        self._counts = dict.fromkeys(("queued", "running", "done", "failed", "retried",
+                                      "cancelled"), 0)
         self._live = path is None  # state is held here (owner, or in memory)
         self._state = "new"  # new, standby, running, stopping, closed
         self._stopping = threading.Event()
@@ -1576,7 +1587,7 @@ class Wheel:
             tid = task_id
         journal = self._journal
         if self._live:
-            data = _add_line("{", tid, task, due, args, kwargs)
+            data = _add_line(task.add_formats[0], tid, task.name, due, args, kwargs)
             rec = _Rec(tid, task.name, args, due)
             if kwargs:
                 rec.extra(kwargs, 0, None)
@@ -1592,9 +1603,8 @@ class Wheel:
                 with self._lock:
                     self._tasks[tid] = rec
                     self._ring.add(rec, k)
-                    self._counts["pending"] += 1
         else:
-            data = _add_line('{"p":1,', tid, task, due, args, kwargs)
+            data = _add_line(task.add_formats[1], tid, task.name, due, args, kwargs)
             with journal.lock:
                 if self._state == "closed":
                     raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
@@ -1659,7 +1669,6 @@ class Wheel:
                 rec.extra(kwargs or None, o.get("tries", 0), o.get("error"))
             if self._live:
                 self._ring.add(rec, self._tick_ceil(rec.due))
-                self._counts["pending"] += 1
             return
         rec = tasks.get(tid)
         if op in ("done", "cancel", "purge"):
@@ -1729,12 +1738,10 @@ class Wheel:
         rec.state = PENDING
         if self._live:
             self._ring.add(rec, self._tick_ceil(rec.due))
-            self._counts["pending"] += 1
 
     def _unplace(self, rec: _Rec) -> None:
         """Take a pending ``rec`` out of the ring (queued/running ones are not in it)."""
-        if self._ring.remove(rec):
-            self._counts["pending"] -= 1
+        self._ring.remove(rec)
 
     def _finish(self, rec: _Rec, state: str) -> None:
         """Forget ``rec`` as finished, remembering its final state for a while.
@@ -1744,7 +1751,6 @@ class Wheel:
         at = rec.at
         if at.__class__ is int:  # pending in the ring
             self._ring.remove(rec)
-            self._counts["pending"] -= 1
         elif at == QUEUED:
             self._counts["queued"] -= 1
         if state == CANCELLED and self._live:
@@ -1832,10 +1838,11 @@ class Wheel:
         """Current pending/queued/running counts and events since this Wheel was built."""
         self._view()
         with self._lock:
-            out = dict(self._counts)
-            if not self._live:
-                out["pending"] = sum(1 for r in self._tasks.values() if r.state != FAILED)
-            return out
+            if self._live:
+                pending = len(self._ring)  # every pending task of the owner waits in the ring
+            else:
+                pending = sum(1 for r in self._tasks.values() if r.state != FAILED)
+            return dict(pending=pending, **self._counts)
 
     def _status(self, tid: str) -> str:
         self._view()
@@ -1923,7 +1930,6 @@ class Wheel:
             with self._lock:
                 due = self._ring.advance(self._tick_floor(now))  # marked QUEUED
                 n = len(due)
-                self._counts["pending"] -= n
                 self._counts["queued"] += n
                 self._idle.notify_all()
             if not due:
@@ -2132,7 +2138,6 @@ class Wheel:
             journal.shared = False
             ring = self._ring = _Ring(self._nslots, self._tick_floor(self._clock.time()) - 1)
             pending = ring.fill(self._tasks.values(), self._tick_ceil)
-            self._counts["pending"] = pending
         logger.info("journal %s: owner (pid %d), %d pending, %d dead letters",
                     self._path, os.getpid(), pending, len(self._tasks) - pending)
 

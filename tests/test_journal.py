@@ -823,3 +823,31 @@ def test_compaction_never_writes_back_a_task_whose_deferred_write_failed(journal
     wheel.compact()  # and once the failed add has been taken back, compaction goes on
     assert wheel.stop(timeout=WAIT)
     assert [r["args"] for r in records(journal)] == [["first"]]
+
+
+_atom = st.one_of(st.integers(), st.text(), st.floats(allow_nan=False, allow_infinity=False),
+                  st.booleans(), st.none())
+_value = st.recursive(_atom, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+
+
+@settings(max_examples=500, deadline=None)
+@given(name=st.text(min_size=1), tid=st.text(min_size=1),
+       due=st.floats(-1e12, 1e18, allow_nan=False, allow_infinity=False),
+       args=st.one_of(st.tuples(st.integers()), st.tuples(st.text()), st.tuples(_atom),
+                      st.lists(_value, max_size=4).map(tuple)),
+       kwargs=st.dictionaries(st.text(max_size=5), _value, max_size=3))
+def test_an_add_line_built_from_parts_is_the_line_json_gives(name, tid, due, args, kwargs):
+    """delay() builds its add line from per-task formats and shortcuts; it must be _line's bytes."""
+    record = {"op": "add", "id": tid, "task": name, "due": due, "args": args, "kwargs": kwargs}
+    owner_fmt, producer_fmt = wheelq._add_formats(name)
+    assert wheelq._add_line(owner_fmt, tid, name, due, args, kwargs) == wheelq._line(record)
+    assert wheelq._add_line(producer_fmt, tid, name, due, args, kwargs) == wheelq._line(dict(p=1, **record))
+
+
+@pytest.mark.parametrize("args", [(object(),), (1, {2, 3}), (b"x",), (float("nan"),),
+                                  (float("inf"),), ([1, {"k": object()}],)])
+def test_an_add_line_names_a_value_that_is_not_json(args):
+    for fmt in wheelq._add_formats("job"):
+        with pytest.raises(TypeError, match="must be JSON"):
+            wheelq._add_line(fmt, "a", "job", 1.0, args, {})
