@@ -117,6 +117,7 @@ import math
 import os
 import queue
 import random
+import re
 import signal
 import stat
 import sys
@@ -1130,11 +1131,8 @@ def _replay(data: bytes, path: str, apply_all: Callable[[list], None]) -> tuple:
         raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
     head = data.index(b"\n") + 1
     _check_header(data[:head], path)
-    # Replay is bound by parsing.  Decode the file once, and let the C scanner
-    # read a few thousand lines at a time as one JSON array (their newlines
-    # made commas): a Python call per line costs as much as the scanning.  A
-    # chunk whose lines are not one JSON value each is read again line by
-    # line, where json.loads has the last word on a line and the error names it.
+    # Replay is bound by parsing: decode the file once, and read it a few
+    # thousand lines at a time (``_scan_rows``).
     raws = None
     try:
         text = str(memoryview(data)[head:end], "utf-8")  # no copy of the bytes
@@ -1147,26 +1145,18 @@ def _replay(data: bytes, path: str, apply_all: Callable[[list], None]) -> tuple:
     while a < len(text):
         b = text.find("\n", min(a + _REPLAY_CHUNK, len(text)) - 1) + 1  # a chunk of whole lines
         chunk = text[a:b]
-        count = chunk.count("\n")
-        objs = _scan_chunk(chunk, count)
-        torn = None
-        if objs is None:
-            objs = []
-            for j, line in enumerate(chunk.split("\n")[:-1], first):
-                raw = line.encode("utf-8") if raws is None else raws[j]
-                try:
-                    objs.append(_scan_line(line, raw))
-                except ValueError:
-                    if b == len(text) and j == first + count - 1 and end == len(data):
-                        torn = end - len(raw) - 1, j + 1
-                        break
-                    raise JournalCorrupt(path, j + 2, "unreadable JSON: %.60r" % raw) from None
+        rows = _scan_rows(chunk)
         try:
-            apply_all(objs)
+            apply_all(rows)
         except _BadRecord as bad:
             raise JournalCorrupt(path, first + bad.index + 2, bad.reason) from None
-        if torn:
-            return torn
+        count = chunk.count("\n")
+        if len(rows) < count:  # line ``j`` is not one JSON value
+            j = first + len(rows)
+            raw = chunk.split("\n")[len(rows)].encode("utf-8") if raws is None else raws[j]
+            if b == len(text) and len(rows) == count - 1 and end == len(data):
+                return end - len(raw) - 1, j + 1  # the last line: torn
+            raise JournalCorrupt(path, j + 2, "unreadable JSON: %.60r" % raw)
         a = b
         first += count
     return end, first + 1
@@ -1189,34 +1179,74 @@ def _not_a_record(exc: Exception) -> str:
     return "not a wheelq record (%s: %s)" % (type(exc).__name__, exc)
 
 
-def _scan_chunk(chunk: str, count: int) -> list | None:
-    """The JSON values of the ``count`` lines of ``chunk`` (one per line), or None."""
-    text = "[%s]" % chunk[:-1].replace("\n", ",")
-    try:
-        objs, stop = _scan_json(text, 0)
-    except (ValueError, StopIteration):
-        return None
-    if stop != len(text) or len(objs) != count:
-        return None  # e.g. a line holding two values, or none
-    return objs
+# The lines an owner writes most, as wheelq spells them: an add (an owner's, or a
+# producer's, marked "p":1) with no tries, and a done.  Every other line matches
+# the last branch.  A JSON string here has no escapes and no control characters,
+# and a number is JSON's, so the parts mean what they mean to a JSON parser.
+_STR = r'"([^"\\\x00-\x1f]*)"'
+_ROW = re.compile(
+    r'(?:\{"p":1,|\{)"op":"add","id":%s,"task":%s,'
+    r'"due":(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?),'
+    r'"args":(\[[^\n]*\]),"kwargs":(\{[^\n]*\})\}\n'
+    r'|\{"op":"done","id":"([^"\\\x00-\x1f]+)"\}\n'
+    r'|([^\n]*)\n' % (_STR, _STR))
 
 
-def _scan_line(line: str, raw: bytes) -> Any:
-    """The JSON value of one line; ValueError if it is not exactly one."""
-    try:
-        obj, stop = _scan_json(line, 0)
-        if stop == len(line):
-            return obj
-    except (ValueError, StopIteration):
-        pass
-    return json.loads(raw)
+def _scan_rows(chunk: str) -> list:
+    """The records of the whole lines ``chunk``, one row a line, up to the first unreadable one.
+
+    A JSON parser builds a dict a line, which costs as much again as the
+    record built from it; so the lines ``_ROW`` knows are read by it, in one
+    call a chunk: an add becomes its ``_Rec`` and a done the 1-tuple of its id.
+    Their args and kwargs are decoded by the JSON scanner; a value starts
+    where the line puts it and has one end, so if each is exactly one JSON
+    value the line means what ``_ROW`` read.  Any other line is decoded as
+    JSON: a row that is neither a ``_Rec`` nor a tuple is a line's JSON value.
+    Fewer rows than lines means the next line is not one JSON value.
+    """
+    rows: list = []
+    append, scan, intern, lines = rows.append, _scan_json, sys.intern, None
+    for tid, name, due, args, kwargs, done, other in _ROW.findall(chunk):
+        if args:
+            try:
+                value, stop = scan(args, 0)
+                if stop == len(args):
+                    rec = _Rec(tid, intern(name), value, float(due))
+                    if kwargs != "{}":
+                        value, stop = scan(kwargs, 0)
+                        if stop != len(kwargs):
+                            raise ValueError(kwargs)
+                        rec.extra(value, 0, None)
+                    if -_INF < rec.due < _INF:
+                        append(rec)
+                        continue
+            except (ValueError, StopIteration):
+                pass
+            # Not as _ROW read it: the JSON parser has the last word.
+            if lines is None:
+                lines = chunk.split("\n")
+            other = lines[len(rows)]
+        elif done:
+            append((done,))
+            continue
+        try:
+            value, stop = scan(other, 0)
+        except (ValueError, StopIteration):
+            stop = -1
+        if stop != len(other):
+            try:
+                value = json.loads(other)  # white space around one value, or not JSON at all
+            except ValueError:
+                return rows
+        append(value)
+    return rows
 
 
 def _utf8_or_empty(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return ""  # the scanner refuses it, and json.loads then names it
+        return ""  # unreadable: the replay names the line by its bytes
 
 
 def _apply_one(apply: Callable[[dict], None], obj: Any, path: str, lineno: int) -> None:
@@ -1452,6 +1482,20 @@ def _check_seconds(name: str, value: Any, positive: bool = False) -> float:
     return value
 
 
+def _due_of(value: Any) -> float:
+    """A journal record's due time; ValueError unless it is a finite number."""
+    if value.__class__ is not float:
+        if value.__class__ is not int:
+            raise TypeError("due must be a number, not %s" % type(value).__name__)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond any float
+            value = _INF
+    if not -_INF < value < _INF:
+        raise ValueError("due must be a finite number of seconds")
+    return value
+
+
 class Wheel:
     """A delay queue: a timing wheel, a worker pool and a journal.
 
@@ -1662,7 +1706,7 @@ class Wheel:
             if args.__class__ is not list or kwargs.__class__ is not dict or name.__class__ is not str:
                 raise TypeError("task must be a string, args a list and kwargs an object")
             # Interned: a million records share the one str of their task's name.
-            rec = _Rec(tid, sys.intern(name), args, due if due.__class__ is float else float(due))
+            rec = _Rec(tid, sys.intern(name), args, _due_of(due))
             if tasks.setdefault(tid, rec) is not rec:
                 return  # an id that is already live: adding is idempotent
             if kwargs or "tries" in o:
@@ -1680,7 +1724,7 @@ class Wheel:
                 return
             self._finish(rec, DONE if op == "done" else CANCELLED)
         elif op == "retry":
-            due = float(o["due"])
+            due = _due_of(o["due"])
             tries = int(o["tries"])
             if rec is not None:
                 self._unplace(rec)
@@ -1694,7 +1738,7 @@ class Wheel:
                 rec.outcome(tries, o.get("error"))
                 rec.state = FAILED
         elif op == "requeue":
-            due = float(o["due"])
+            due = _due_of(o["due"])
             if rec is not None and rec.state == FAILED:
                 rec.outcome(0, None)
                 rec.due = due
@@ -1702,34 +1746,28 @@ class Wheel:
         else:
             raise ValueError("unknown op %r" % (op,))
 
-    def _replay_records(self, objs: list) -> None:
-        """Apply replayed records in order, as ``_apply`` does; ``_BadRecord`` names a bad one.
+    def _replay_records(self, rows: list) -> None:
+        """Apply the rows of ``_scan_rows`` in order, as ``_apply`` would; ``_BadRecord`` names a bad one.
 
-        A big replay is bound by this loop, so the owner's own adds and dones,
-        nearly every line of such a journal, are applied here inline.
+        Replay holds no ring (``_live`` is off), and a big replay is bound by
+        this loop: the adds and dones that ``_scan_rows`` read are applied
+        here inline, and only the other lines go through ``_apply``.
         """
         tasks = self._tasks
         keep, get = tasks.setdefault, tasks.get
-        apply, finish, intern = self._apply, self._finish, sys.intern
-        inline = not self._live
+        apply, finish = self._apply, self._finish
         i = 0
         try:
-            for i, o in enumerate(objs):
-                op = o["op"]
-                if inline and op == "add" and len(o) == 6:  # no tries, no producer mark
-                    tid, name, args, due, kwargs = o["id"], o["task"], o["args"], o["due"], o["kwargs"]
-                    if tid.__class__ is str and name.__class__ is str and args.__class__ is list \
-                            and due.__class__ is float and kwargs.__class__ is dict and not kwargs:
-                        keep(tid, _Rec(tid, intern(name), args, due))  # a live id keeps its record
-                        continue
-                elif inline and op == "done" and len(o) == 2:
-                    tid = o["id"]
-                    if tid.__class__ is str:
-                        rec = get(tid)
-                        if rec is not None:
-                            finish(rec, DONE)
-                        continue
-                apply(o)
+            for i, row in enumerate(rows):
+                cls = row.__class__
+                if cls is _Rec:
+                    keep(row.id, row)  # a live id keeps its record: adding is idempotent
+                elif cls is tuple:
+                    rec = get(row[0])
+                    if rec is not None:
+                        finish(rec, DONE)
+                else:
+                    apply(row)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise _BadRecord(i, exc) from None
 

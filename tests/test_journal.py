@@ -625,15 +625,94 @@ def _replayed_state(view):
     return list(view._tasks), tasks, list(view._finished.items())
 
 
-@settings(max_examples=300, deadline=None)
-@given(objs=_replayed)
-def test_replay_applies_records_exactly_as_apply_does(objs):
-    """Replay applies the common add and done lines inline; the state must be _apply's."""
-    fast, slow = wheelq._view_wheel(), wheelq._view_wheel()
-    fast._replay_records(json.loads(json.dumps(objs)))
-    for o in json.loads(json.dumps(objs)):
-        slow._apply(o)
-    assert _replayed_state(fast) == _replayed_state(slow)
+def _spelled(o, how):
+    """One journal line for ``o``: as wheelq writes it, ASCII-escaped, or with spaces."""
+    if how == 0:
+        return json.dumps(o, ensure_ascii=False, separators=(",", ":"))
+    if how == 1:
+        return json.dumps(o, separators=(",", ":"))
+    return json.dumps(o)
+
+
+_odd_text = st.text(st.characters(codec="utf-8"), max_size=6) | st.sampled_from(
+    ['a"b', "a\\b", "\t", "\u2028", "\ud83d\ude00", '"op":"add"', "}\n{"])
+_odd_due = st.one_of(_due, st.integers(-10**20, 10**20), st.just(10**400), st.just(1e300),
+                     st.floats(allow_nan=True, allow_infinity=True), st.just("5"), st.just(True))
+_odd = st.one_of(
+    st.builds(lambda i, n, d, a, k: {"op": "add", "id": i, "task": n, "due": d, "args": a, "kwargs": k},
+              _tid | _odd_text, st.just("job") | _odd_text, _odd_due,
+              st.lists(st.integers() | _odd_text | st.dictionaries(_odd_text, st.integers(), max_size=2),
+                       max_size=3),
+              st.just({}) | st.dictionaries(_odd_text, st.integers() | _odd_text, max_size=2)),
+    st.builds(lambda i: {"op": "done", "id": i}, _tid | _odd_text),
+)
+_junk = st.sampled_from(["", "{", "[1]", '"done"', "null", '{"op":"add"}', "1 2", " ", "\r",
+                         '{"op":"done","id":"a"} x', '{"op":"done","id":"a"}  ', "\x00",
+                         '{"op":"done","id":"a\tb"}',  # a raw control character: not JSON
+                         '{"op":"add","id":"a\x01","task":"job","due":1.0,"args":[],"kwargs":{}}',
+                         '{"op":"add","id":"a","task":"job","due":01,"args":[],"kwargs":{}}',
+                         '{"op":"add","id":"a","task":"job","due":1.,"args":[],"kwargs":{}}',
+                         # args and kwargs that a greedy reading splits in the wrong place
+                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[1],"kwargs":{"b":[2],"kwargs":{}}}',
+                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[1],"kwargs":{}},"kwargs":{}}',
+                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[1]],"kwargs":{}}'])
+
+
+def _expected_replay(texts):
+    """What replaying ``texts`` must give: json.loads and _apply, a line at a time."""
+    view = wheelq._view_wheel()
+    for i, text in enumerate(texts):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return view, ("unreadable", i)
+        try:
+            view._apply(obj)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return view, ("not a record", i)
+    return view, None
+
+
+@settings(max_examples=600, deadline=None)
+@given(lines=st.lists(st.one_of(st.tuples(_replayed.map(tuple), st.integers(0, 2)),
+                                st.tuples(_odd.map(lambda o: (o,)), st.integers(0, 2)),
+                                _junk.map(lambda j: (j, None))), max_size=12))
+def test_replay_reads_every_line_as_json_and_apply_would(lines):
+    """Replay reads the lines wheelq writes most with a regular expression and applies
+    them inline; whatever the spelling, the state and the first bad line must be those
+    of json.loads and _apply, a line at a time."""
+    texts = []
+    for what, how in lines:
+        if how is None:
+            texts.append(what)  # a junk line
+        else:
+            texts.extend(_spelled(o, how) for o in what)
+    texts = [t for t in texts if "\n" not in t]
+    expected, error = _expected_replay(texts)
+    view = wheelq._view_wheel()
+    rows = wheelq._scan_rows("".join(t + "\n" for t in texts))
+    try:
+        view._replay_records(rows)
+        got = ("unreadable", len(rows)) if len(rows) < len(texts) else None
+    except wheelq._BadRecord as bad:
+        got = ("not a record", bad.index)
+    assert got == error
+    if error is None:
+        assert _replayed_state(view) == _replayed_state(expected)
+
+
+def test_replay_reads_the_lines_it_knows_without_the_json_parser():
+    """The fast rows must really be taken: an add is its record, a done the tuple of its id."""
+    w = wheelq.Wheel(None)
+    job = w.task(name="job")(lambda *a, **k: None)
+    lines = [wheelq._add_line(job.add_formats[0], "a", "job", 5.0, (1, "x"), {}),
+             wheelq._add_line(job.add_formats[1], "b", "job", 6.0, (), {"k": [1]}),
+             b'{"op":"done","id":"a"}\n']
+    rows = wheelq._scan_rows(b"".join(lines).decode())
+    assert [r.__class__ for r in rows] == [wheelq._Rec, wheelq._Rec, tuple]
+    assert (rows[0].id, rows[0].args, rows[0].due) == ("a", [1, "x"], 5.0)
+    assert (rows[1].id, rows[1].kwargs) == ("b", {"k": [1]})
+    assert rows[2] == ("a",)
 
 
 def test_replay_names_the_record_that_is_not_a_wheelq_record():
@@ -643,6 +722,16 @@ def test_replay_names_the_record_that_is_not_a_wheelq_record():
         with pytest.raises(wheelq._BadRecord) as info:
             wheelq._view_wheel()._replay_records([good, dict(good, id="b"), bad, good])
         assert info.value.index == 2
+
+
+@pytest.mark.parametrize("due", [b"1e400", b"-1e400", b"1" + b"0" * 400, b"Infinity", b"NaN", b'"5"'])
+def test_a_due_that_is_not_a_finite_number_is_a_corrupt_line(journal, clock, due):
+    wheelq.Wheel(journal).stop()
+    with open(journal, "ab") as f:
+        f.write(b'{"op":"add","id":"a","task":"job","due":%s,"args":[],"kwargs":{}}\n' % due)
+        f.write(b'{"op":"add","id":"b","task":"job","due":1.0,"args":[],"kwargs":{}}\n')
+    with pytest.raises(wheelq.JournalCorrupt, match="line 2: not a wheelq record"):
+        owner(journal, clock).start()
 
 
 def test_a_line_that_is_not_utf8_far_into_a_long_journal_is_named_by_its_number(journal, clock):
