@@ -604,25 +604,24 @@ _json_str = json.encoder.encode_basestring
 _INF = math.inf
 
 
-def _add_formats(name: str) -> tuple:
-    """The ``%`` formats of a task's ``add`` lines: the owner's, and a producer's ("p":1)."""
-    rest = '"op":"add","id":%%s,"task":%s,"due":%%r,"args":%%s,"kwargs":%%s}\n' % _json_str(name)
-    return "{" + rest, _MARK.decode("ascii") + rest
+_OWNER_ADD = '{"op":"add","id":'
+_PRODUCER_ADD = _MARK.decode("ascii") + '"op":"add","id":'
 
 
-def _add_line(fmt: str, tid: str, name: str, due: float, args: tuple, kwargs: dict) -> bytes:
+def _add_line(head: str, tid: str, task: Task, due: float, args: tuple, kwargs: dict) -> bytes:
     """An ``add`` record: the bytes ``_line`` gives, built from parts (the hot path).
 
-    ``fmt`` is one of the task's ``_add_formats``.
+    ``head`` is ``_OWNER_ADD``, or ``_PRODUCER_ADD`` for a producer's line.
     """
     if due.__class__ is float and -_INF < due < _INF:
         try:
-            return (fmt % (_json_str(tid), due, _json_values(args) if args else "[]",
-                           _json_values(kwargs) if kwargs else "{}")).encode()
+            return (f"{head}{_json_str(tid)}{task.json_task}{due!r},"
+                    f'"args":{_json_values(args) if args else "[]"},'
+                    f'"kwargs":{_json_values(kwargs) if kwargs else "{}"}}}\n').encode()
         except (TypeError, ValueError):
             pass  # _line raises the error that names the value
-    record = {"op": "add", "id": tid, "task": name, "due": due, "args": args, "kwargs": kwargs}
-    return _line(dict(p=1, **record) if fmt.startswith('{"p"') else record)
+    record = {"op": "add", "id": tid, "task": task.name, "due": due, "args": args, "kwargs": kwargs}
+    return _line(record if head == _OWNER_ADD else dict(p=1, **record))
 
 
 class _Journal:
@@ -1380,7 +1379,7 @@ class Task:
         self.wheel = wheel
         self.func = func
         self.name = name
-        self.add_formats = _add_formats(name)  # the owner's and a producer's add lines
+        self.json_task = ',"task":%s,"due":' % _json_str(name)  # its part of an add line
         self.retries = retries
         self.retry_delay = retry_delay
         self.retry_backoff = retry_backoff
@@ -1631,12 +1630,15 @@ class Wheel:
             tid = task_id
         journal = self._journal
         if self._live:
-            data = _add_line(task.add_formats[0], tid, task.name, due, args, kwargs)
+            data = _add_line(_OWNER_ADD, tid, task, due, args, kwargs)
             rec = _Rec(tid, task.name, args, due)
             if kwargs:
                 rec.extra(kwargs, 0, None)
             k = self._tick_ceil(due)
-            with journal.lock:
+            # acquire() and release(), not ``with``: on this path two with
+            # statements cost as much again as the two locks themselves.
+            journal.lock.acquire()
+            try:
                 if self._state in ("stopping", "closed"):
                     raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
                 if task_id is not None:
@@ -1644,11 +1646,16 @@ class Wheel:
                     if cur is not None:
                         return self._existing(cur)
                 seq = journal.defer(data) if self._always else journal.write(data)
-                with self._lock:
+                self._lock.acquire()
+                try:
                     self._tasks[tid] = rec
                     self._ring.add(rec, k)
+                finally:
+                    self._lock.release()
+            finally:
+                journal.lock.release()
         else:
-            data = _add_line(task.add_formats[1], tid, task.name, due, args, kwargs)
+            data = _add_line(_PRODUCER_ADD, tid, task, due, args, kwargs)
             with journal.lock:
                 if self._state == "closed":
                     raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")

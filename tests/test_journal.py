@@ -705,8 +705,8 @@ def test_replay_reads_the_lines_it_knows_without_the_json_parser():
     """The fast rows must really be taken: an add is its record, a done the tuple of its id."""
     w = wheelq.Wheel(None)
     job = w.task(name="job")(lambda *a, **k: None)
-    lines = [wheelq._add_line(job.add_formats[0], "a", "job", 5.0, (1, "x"), {}),
-             wheelq._add_line(job.add_formats[1], "b", "job", 6.0, (), {"k": [1]}),
+    lines = [wheelq._add_line(wheelq._OWNER_ADD, "a", job, 5.0, (1, "x"), {}),
+             wheelq._add_line(wheelq._PRODUCER_ADD, "b", job, 6.0, (), {"k": [1]}),
              b'{"op":"done","id":"a"}\n']
     rows = wheelq._scan_rows(b"".join(lines).decode())
     assert [r.__class__ for r in rows] == [wheelq._Rec, wheelq._Rec, tuple]
@@ -929,14 +929,16 @@ _value = st.recursive(_atom, lambda inner: st.lists(inner, max_size=3)
 def test_an_add_line_built_from_parts_is_the_line_json_gives(name, tid, due, args, kwargs):
     """delay() builds its add line from per-task formats and shortcuts; it must be _line's bytes."""
     record = {"op": "add", "id": tid, "task": name, "due": due, "args": args, "kwargs": kwargs}
-    owner_fmt, producer_fmt = wheelq._add_formats(name)
-    assert wheelq._add_line(owner_fmt, tid, name, due, args, kwargs) == wheelq._line(record)
-    assert wheelq._add_line(producer_fmt, tid, name, due, args, kwargs) == wheelq._line(dict(p=1, **record))
+    task = wheelq.Wheel().task(name=name)(lambda *a, **k: None)
+    assert wheelq._add_line(wheelq._OWNER_ADD, tid, task, due, args, kwargs) == wheelq._line(record)
+    assert wheelq._add_line(wheelq._PRODUCER_ADD, tid, task, due, args, kwargs) \
+        == wheelq._line(dict(p=1, **record))
 
 
 @pytest.mark.parametrize("args", [(object(),), (1, {2, 3}), (b"x",), (float("nan"),),
                                   (float("inf"),), ([1, {"k": object()}],)])
 def test_an_add_line_names_a_value_that_is_not_json(args):
-    for fmt in wheelq._add_formats("job"):
+    task = wheelq.Wheel().task(name="job")(lambda *a, **k: None)
+    for head in (wheelq._OWNER_ADD, wheelq._PRODUCER_ADD):
         with pytest.raises(TypeError, match="must be JSON"):
-            wheelq._add_line(fmt, "a", "job", 1.0, args, {})
+            wheelq._add_line(head, "a", task, 1.0, args, {})
