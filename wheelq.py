@@ -624,6 +624,13 @@ def _add_line(head: str, tid: str, task: Task, due: float, args: tuple, kwargs: 
     return _line(record if head == _OWNER_ADD else dict(p=1, **record))
 
 
+def _closed_gate() -> Any:
+    """A lock held closed: ``acquire`` waits until it is released, as a gate opens."""
+    gate = threading.Lock()
+    gate.acquire()
+    return gate
+
+
 class _Journal:
     """The file: appends, the fsync policy, replay, following the tail, compaction.
 
@@ -646,18 +653,23 @@ class _Journal:
         self.generation = 0  # bumped when the file is replaced under us
         self._size = 0  # the file's size when flock was last taken
         self._end = -1  # owner: where its last append ended (-1: unknown)
-        # Group commit.  Writers wait on _sync for _synced to reach their
-        # write; the thread that ran the fsync notifies it.  The owner's adds
-        # under fsync="always" are deferred: that thread writes them first.  Under
-        # fsync="always" that thread first waits on _gathered, for at most
-        # _GATHER seconds, until as many writes as its last fsync carried are
-        # in (_want); each writer that arrives notifies it.
-        lock = threading.Lock()
-        self._sync = threading.Condition(lock)
-        self._gathered = threading.Condition(lock)
+        # Group commit.  _sync guards the fields below and is only ever held
+        # briefly.  While an fsync runs, _fsyncing is a gate (a lock held
+        # closed) that its thread opens when it is done; writers wait on it,
+        # each passing it on to the next as it goes through, and then look
+        # again whether _synced reached their write.  The owner's adds under
+        # fsync="always" are deferred: the thread about to fsync writes them
+        # first.  Under fsync="always" that thread may first wait on the
+        # _gathering gate, for at most _GATHER seconds, until as many writes as
+        # its last fsync carried are in (_want): the writer that brings them
+        # in opens it.  Gates, not Conditions: a woken writer then takes no
+        # shared lock to get going, and with a dozen threads each handing the
+        # GIL to the next that is much of a group's time.
+        self._sync = threading.Lock()
+        self._fsyncing: Any = None
+        self._gathering: Any = None
         self._written = 0
         self._synced = 0
-        self._syncing = False
         self._group = 1  # writes the last fsync made durable
         self._want = 0  # the _written that ends a gathering (0: nobody gathers)
         self._deferred: list[bytes] = []  # owner, fsync="always": lines the next commit writes
@@ -929,10 +941,12 @@ class _Journal:
 
     def _commit(self, seq: int, own: bool) -> None:
         """``own``: ``seq`` is the caller's, whose lost write it reports (and only it)."""
-        with self._sync:
-            if self._want and self._written >= self._want:
-                self._gathered.notify()
-            while True:
+        lock = self._sync
+        while True:
+            with lock:
+                if self._want and self._written >= self._want:
+                    self._want = 0
+                    self._gathering.release()  # the writes its fsync waits for are in
                 lost = self._lost.pop(seq, None) if own else None
                 if lost is not None:
                     exc = OSError(lost.errno, lost.strerror)
@@ -940,32 +954,42 @@ class _Journal:
                     raise exc
                 if self._synced >= seq or self.fd is None:  # closed: close() synced
                     return
-                if self._syncing:
-                    self._sync.wait(1.0)
-                    continue
-                self._syncing = True
-                if self._group > 1 and self.mode == "always" \
-                        and self._written - self._synced < self._group:
-                    # Writers are committing side by side: give the ones the
-                    # last fsync carried a moment to write, so that one fsync
-                    # serves them all instead of every other one.
-                    self._want = self._synced + self._group
-                    self._gathered.wait(_GATHER)
+                running = self._fsyncing
+                gather = None
+                if running is None:
+                    self._fsyncing = mine = _closed_gate()
+                    if self._group > 1 and self.mode == "always" \
+                            and self._written - self._synced < self._group:
+                        # Writers are committing side by side: give the ones the
+                        # last fsync carried a moment to write, so that one fsync
+                        # serves them all instead of every other one.
+                        self._want = self._synced + self._group
+                        self._gathering = gather = _closed_gate()
+            if running is not None:  # wait for that fsync, then look again
+                if running.acquire(True, 1.0):
+                    running.release()
+                continue
+            if gather is not None:
+                gather.acquire(True, _GATHER)
+                with lock:
                     self._want = 0
-                self._sync.release()
-                try:
-                    self._drain_to_commit()
-                    target = self._appended
-                    self._fsync(self.fd)
-                except OSError as exc:
-                    raise _os_error(exc, self.path, "fsync failed on journal",
-                                    "the disk may be failing; check it and retry") from None
-                finally:
-                    self._sync.acquire()
-                    self._syncing = False
-                    self._sync.notify_all()
-                self._group = max(1, target - self._synced)
-                self._synced = max(self._synced, target)
+            synced = False
+            try:
+                self._drain_to_commit()
+                target = self._appended
+                self._fsync(self.fd)
+                synced = True
+            except OSError as exc:
+                raise _os_error(exc, self.path, "fsync failed on journal",
+                                "the disk may be failing; check it and retry") from None
+            finally:
+                with lock:
+                    if synced:
+                        self._group = max(1, target - self._synced)
+                        self._synced = max(self._synced, target)
+                    self._fsyncing = None
+                mine.release()
+
 
     # -- reading -------------------------------------------------------------
 
