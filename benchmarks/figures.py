@@ -7,7 +7,8 @@ in the same run; ``ratio`` (the median of the per-repeat ratios, oriented so
 that bigger is better for wheelq unless ``ratio_note`` says otherwise);
 ``target`` (text) and ``ok`` (True, False or None when no target applies).
 Every repeat measures wheelq and its reference back to back, alternating which
-goes first, so a machine that slows down mid-run slows both.
+goes first, so a machine that slows down mid-run slows both; where both can
+run a slice at a time (``side_by_side``), they alternate slices.
 """
 
 from __future__ import annotations
@@ -85,65 +86,117 @@ def _alternate(r, first, second):
 # --------------------------------------------------------------------------
 
 
-def floor_rate(path, n, fsync, prefix="0123456789-"):
+class FloorAppender:
     """The floor: one JSON line per task, one write() and a flush (and an fsync)."""
-    dumps = json.dumps
-    now = time.time
-    f = open(path, "ab")
-    fd = f.fileno()
-    write, flush = f.write, f.flush
-    try:
+
+    def __init__(self, path, fsync, prefix="0123456789-"):
+        self.path, self.fsync, self.prefix = path, fsync, prefix
+        self.file = open(path, "ab")
+
+    def run(self, start, stop):
+        """Append tasks ``start`` to ``stop``; return the seconds it took."""
+        dumps, now, prefix, sync = json.dumps, time.time, self.prefix, self.fsync
+        write, flush, fd = self.file.write, self.file.flush, self.file.fileno()
         t = perf()
-        for i in range(n):
+        for i in range(start, stop):
             rec = {"op": "add", "id": prefix + str(i), "task": NAME, "due": now() + 3600.0,
                    "args": (i,), "kwargs": {}}
             write((dumps(rec) + "\n").encode("utf-8"))
             flush()
-            if fsync:
+            if sync:
                 os.fsync(fd)
-        dt = perf() - t
+        return perf() - t
+
+    def close(self):
+        self.file.close()
+        Scratch.remove(self.path)
+
+
+class Delays:
+    """delay() on the owner's path (a started wheel) or from a producer (never started)."""
+
+    def __init__(self, path, fsync, owner):
+        self.path = path
+        self.wheel = wheelq.Wheel(path, fsync=fsync)
+        self.task = self.wheel.task(name=NAME)(noop)
+        if owner:
+            self.wheel.start()
+
+    def run(self, start, stop):
+        """delay() tasks ``start`` to ``stop``, due in an hour; return the seconds it took."""
+        delay = self.task.delay
+        t = perf()
+        for i in range(start, stop):
+            delay(i, count_down=3600.0)
+        return perf() - t
+
+    def run_threads(self, n, threads):
+        """``n`` delay()s from ``threads`` threads at once; return (calls, seconds)."""
+        per = n // threads
+        barrier = threading.Barrier(threads + 1)
+
+        def work():
+            barrier.wait()
+            self.run(0, per)
+
+        ts = [threading.Thread(target=work) for _ in range(threads)]
+        for th in ts:
+            th.start()
+        barrier.wait()
+        t = perf()
+        for th in ts:
+            th.join()
+        return per * threads, perf() - t
+
+    def close(self):
+        self.wheel.stop()
+        Scratch.remove(self.path)
+
+
+def side_by_side(first, second, n, slices=100):
+    """Calls per second of two appenders, run in alternating slices of ``n / slices`` calls.
+
+    A shared machine's speed drifts within seconds; run in slices side by
+    side, both measurements see the same moments of it, and their ratio
+    holds still where two runs one after the other would not.  Each keeps its
+    own file and state from slice to slice, as if it ran alone.
+    """
+    step = max(1, n // slices)
+    ta = tb = 0.0
+    try:
+        for k, s in enumerate(range(0, n, step)):
+            e = min(n, s + step)
+            if k % 2:
+                tb += second.run(s, e)
+                ta += first.run(s, e)
+            else:
+                ta += first.run(s, e)
+                tb += second.run(s, e)
     finally:
-        f.close()
-        Scratch.remove(path)
-    return n / dt
+        first.close()
+        second.close()
+    return n / ta, n / tb
+
+
+def floor_rate(path, n, fsync):
+    """The floor's appends per second, on its own."""
+    floor = FloorAppender(path, fsync)
+    try:
+        return n / floor.run(0, n)
+    finally:
+        floor.close()
 
 
 def wheelq_rate(path, n, fsync, owner, threads=1):
-    """delay() per second on the owner's path (a started wheel) or from a producer."""
-    wheel = wheelq.Wheel(path, fsync=fsync)
-    task = wheel.task(name=NAME)(noop)
-    if owner:
-        wheel.start()
+    """delay() per second on the owner's path or from a producer, on its own."""
+    d = Delays(path, fsync, owner)
     try:
         if threads == 1:
-            delay = task.delay
-            t = perf()
-            for i in range(n):
-                delay(i, count_down=3600.0)
-            dt = perf() - t
-        else:
-            per = n // threads
-            n = per * threads
-            barrier = threading.Barrier(threads + 1)
-
-            def work():
-                delay = task.delay
-                barrier.wait()
-                for i in range(per):
-                    delay(i, count_down=3600.0)
-
-            ts = [threading.Thread(target=work) for _ in range(threads)]
-            for th in ts:
-                th.start()
-            barrier.wait()
-            t = perf()
-            for th in ts:
-                th.join()
-            dt = perf() - t
+            return n / d.run(0, n)
+        calls, dt = d.run_threads(n, threads)
+        return calls / dt
     finally:
-        wheel.stop()
-        Scratch.remove(path)
-    return n / dt
+        d.close()
 
 
 def naive_add_rate(path, size, adds):
@@ -170,25 +223,27 @@ def fig_delay(cfg, scratch):
                     ("prod_never", "never", False), ("prod_batch", "batch", False)]
         if r % 2:
             subjects.reverse()
-        got = {}
-        for key, mode, owner in subjects[:2]:
-            got[key] = wheelq_rate(scratch.path(), n, mode, owner)
-        got["floor"] = floor_rate(scratch.path("floor", ".jsonl"), n, False)
-        for key, mode, owner in subjects[2:]:
-            got[key] = wheelq_rate(scratch.path(), n, mode, owner)
-        for key, v in got.items():
-            res[key].append(v)
-            ratios[key].append(v / got["floor"])
-        got = {}
-        got["owner_always1"] = wheelq_rate(scratch.path(), n_sync, "always", True)
-        got["floor_fsync"] = floor_rate(scratch.path("floor", ".jsonl"), n_sync, True)
-        got["owner_always8"] = wheelq_rate(scratch.path(), n_sync, "always", True, threads=8)
-        got["prod_always1"] = wheelq_rate(scratch.path(), n_sync, "always", False)
-        for key, v in got.items():
-            res[key].append(v)
-            ratios[key].append(v / got["floor_fsync"])
+        for key, mode, owner in subjects:
+            ours, floor = side_by_side(Delays(scratch.path(), mode, owner),
+                                       FloorAppender(scratch.path("floor", ".jsonl"), False), n)
+            res[key].append(ours)
+            res["floor"].append(floor)
+            ratios[key].append(ours / floor)
+        for key, owner in (("owner_always1", True), ("prod_always1", False)):
+            ours, floor = side_by_side(Delays(scratch.path(), "always", owner),
+                                       FloorAppender(scratch.path("floor", ".jsonl"), True), n_sync)
+            res[key].append(ours)
+            res["floor_fsync"].append(floor)
+            ratios[key].append(ours / floor)
+        # Threads cannot run in slices: the floor runs just before and after.
+        before = floor_rate(scratch.path("floor", ".jsonl"), n_sync // 2, True)
+        ours = wheelq_rate(scratch.path(), n_sync, "always", True, threads=8)
+        floor = (before + floor_rate(scratch.path("floor", ".jsonl"), n_sync // 2, True)) / 2
+        res["owner_always8"].append(ours)
+        res["floor_fsync"].append(floor)
+        ratios["owner_always8"].append(ours / floor)
     m = {k: median(v) for k, v in res.items()}
-    q = {k: median(v) for k, v in ratios.items()}
+    q = {k: median(v) for k, v in ratios.items() if v}
     floor = "JSON-line append floor (write+flush)"
     floor_fs = "append floor + fsync per record"
     unit = "delay/s"

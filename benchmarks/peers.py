@@ -18,7 +18,7 @@ import os
 import shutil
 from datetime import datetime, timedelta, timezone
 
-from figures import NAME, median, perf, row, wheelq_rate
+from figures import NAME, Delays, median, perf, row, side_by_side
 
 
 def peer_noop(*args, **kwargs):
@@ -33,57 +33,61 @@ def _remove_sqlite(path):
             pass
 
 
-def _huey_schedule_rate(huey, n):
-    """Schedules per second of ``n`` no-op tasks an hour ahead on ``huey``."""
-    schedule = huey.task(name=NAME)(peer_noop).schedule
-    t = perf()
-    for i in range(n):
-        schedule(args=(i,), delay=3600)
-    return n / (perf() - t)
+class HueyAppender:
+    """huey's ``schedule()`` of no-op tasks an hour ahead, on one of its stores."""
 
+    def __init__(self, kind, path, **kwargs):
+        from huey import FileHuey, SqliteHuey
 
-def huey_sqlite_rate(path, n, **kwargs):
-    from huey import SqliteHuey
+        self.kind, self.path = kind, path
+        if kind == "file":
+            self.huey = FileHuey(name="bench", path=path)
+        else:
+            self.huey = SqliteHuey(name="bench", filename=path, **kwargs)
+        self.schedule = self.huey.task(name=NAME)(peer_noop).schedule
 
-    huey = SqliteHuey(name="bench", filename=path, **kwargs)
-    try:
-        return _huey_schedule_rate(huey, n)
-    finally:
+    def run(self, start, stop):
+        schedule = self.schedule
+        t = perf()
+        for i in range(start, stop):
+            schedule(args=(i,), delay=3600)
+        return perf() - t
+
+    def close(self):
+        if self.kind == "file":
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
         try:
-            huey.storage.close()
+            self.huey.storage.close()
         except Exception:
             pass
-        _remove_sqlite(path)
+        _remove_sqlite(self.path)
 
 
-def huey_file_rate(path, n):
-    from huey import FileHuey
+class APSchedulerAppender:
+    """APScheduler 3 ``add_job`` (a date trigger an hour ahead) on a paused scheduler."""
 
-    try:
-        return _huey_schedule_rate(FileHuey(name="bench", path=path), n)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    def __init__(self, path):
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.background import BackgroundScheduler
 
+        self.path = path
+        self.store = SQLAlchemyJobStore(url="sqlite:///" + path)
+        self.sched = BackgroundScheduler(jobstores={"default": self.store}, timezone="UTC")
+        self.sched.start(paused=True)
+        self.run_date = datetime.now(timezone.utc) + timedelta(hours=1)
 
-def apscheduler_rate(path, n):
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    store = SQLAlchemyJobStore(url="sqlite:///" + path)
-    sched = BackgroundScheduler(jobstores={"default": store}, timezone="UTC")
-    sched.start(paused=True)
-    run_date = datetime.now(timezone.utc) + timedelta(hours=1)
-    add = sched.add_job
-    try:
+    def run(self, start, stop):
+        add, run_date = self.sched.add_job, self.run_date
         t = perf()
-        for i in range(n):
+        for i in range(start, stop):
             add(peer_noop, "date", run_date=run_date, args=[i])
-        dt = perf() - t
-    finally:
-        sched.shutdown(wait=False)
-        store.engine.dispose()
-        _remove_sqlite(path)
-    return n / dt
+        return perf() - t
+
+    def close(self):
+        self.sched.shutdown(wait=False)
+        self.store.engine.dispose()
+        _remove_sqlite(self.path)
 
 
 def _available(module):
@@ -101,21 +105,21 @@ def measure(cfg, scratch):
     if _available("huey"):
         peers += [
             ("huey SqliteHuey (defaults: fsync per enqueue)", "sqlite",
-             lambda: huey_sqlite_rate(scratch.path("huey", ".db"), n)),
+             lambda: HueyAppender("sqlite", scratch.path("huey", ".db"))),
             ("huey SqliteHuey(fsync=False)", "sqlite_nosync",
-             lambda: huey_sqlite_rate(scratch.path("huey", ".db"), n, fsync=False)),
-            ("huey FileHuey", "file", lambda: huey_file_rate(scratch.path("hueyfiles", ""), n)),
+             lambda: HueyAppender("sqlite", scratch.path("huey", ".db"), fsync=False)),
+            ("huey FileHuey", "file", lambda: HueyAppender("file", scratch.path("hueyfiles", ""))),
         ]
     if _available("apscheduler") and _available("sqlalchemy"):
         peers.append(("APScheduler 3 add_job, SQLAlchemyJobStore (SQLite)", "aps",
-                      lambda: apscheduler_rate(scratch.path("aps", ".db"), n)))
+                      lambda: APSchedulerAppender(scratch.path("aps", ".db"))))
     if not peers:
         return [row(fig, "peers", None, "delay/s",
                     note='skipped: install them with pip install -e ".[bench]"')]
     ours = {
-        "batch": lambda: wheelq_rate(scratch.path(), n, "batch", True),
-        "always": lambda: wheelq_rate(scratch.path(), n, "always", True),
-        "producer": lambda: wheelq_rate(scratch.path(), n, "batch", False),
+        "batch": lambda: Delays(scratch.path(), "batch", True),
+        "always": lambda: Delays(scratch.path(), "always", True),
+        "producer": lambda: Delays(scratch.path(), "batch", False),
     }
     # (our measurement, peer key, label, target)
     pairs = [("batch", "sqlite", 'owner, fsync="batch" (default)', ">= 30x"),
@@ -124,24 +128,24 @@ def measure(cfg, scratch):
              ("batch", "sqlite_nosync", 'owner, fsync="batch"', None),
              ("batch", "file", 'owner, fsync="batch"', None),
              ("batch", "aps", 'owner, fsync="batch"', None)]
+    made = {key: make for _, key, make in peers}
     labels = {key: label for label, key, _ in peers}
-    runs = [(k, fn) for k, fn in ours.items()] + [(key, fn) for _, key, fn in peers]
-    results = {}
-    ratios = {}
-    for r in range(cfg["repeats"]):
-        got = {k: fn() for k, fn in (runs if r % 2 == 0 else runs[::-1])}
-        for k, v in got.items():
-            results.setdefault(k, []).append(v)
-        for ours_key, peer_key, _, _ in pairs:
-            if peer_key in got:
-                ratios.setdefault((ours_key, peer_key), []).append(got[ours_key] / got[peer_key])
-    m = {k: median(v) for k, v in results.items()}
     rows = []
     for ours_key, peer_key, label, target in pairs:
-        if peer_key not in m:
+        if peer_key not in made:
             continue
-        ratio = median(ratios[ours_key, peer_key])
-        rows.append(row(fig, label, m[ours_key], "delay/s", labels[peer_key], m[peer_key],
+        ws, ps, rs = [], [], []
+        for r in range(cfg["repeats"]):
+            # Each pair runs side by side, in slices, and which starts alternates.
+            if r % 2:
+                p, w = side_by_side(made[peer_key](), ours[ours_key](), n, slices=20)
+            else:
+                w, p = side_by_side(ours[ours_key](), made[peer_key](), n, slices=20)
+            ws.append(w)
+            ps.append(p)
+            rs.append(w / p)
+        ratio = median(rs)
+        rows.append(row(fig, label, median(ws), "delay/s", labels[peer_key], median(ps),
                         ratio=ratio, target=target, ok=None if target is None else ratio >= 30,
                         note="%d tasks, one int argument, due in an hour" % n))
     return rows

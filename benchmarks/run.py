@@ -180,7 +180,11 @@ def _revision() -> str:
 NOTES = """\
 Notes
 - Ratios are the median of the per-repeat ratios; each repeat measures wheelq
-  and its reference back to back.  For delay/s rows and the peers, ratio =
+  and its reference back to back.  In figures 1 and 7 they run side by side:
+  in alternating slices of the same task numbers (100 slices in figure 1, 20
+  for the peers), each with its own file and state, so both see the same
+  moments of a shared machine; the 8-thread row cannot run in slices, and
+  its floor runs just before and just after it.  For delay/s rows and the peers, ratio =
   wheelq / reference (higher is better).  For reopen, ratio = wheelq time /
   reference time (lower is better).  For the burst, ratio = reference time /
   wheelq time.  For the idle tick, ratio = naive poll / wheelq tick.
