@@ -83,6 +83,12 @@ Decisions the design contract leaves open
   write fails, every ``delay()`` it carried raises and its task is forgotten.
   Any other write goes after the lines still waiting, so the file keeps
   their order.
+* Replay reads the ``add`` and ``done`` lines that wheelq itself writes
+  with one regular expression per few thousand lines (their args and kwargs
+  with the JSON scanner), and every other line with the JSON parser: a
+  parser's dict per line cost as much again as the record built from it.
+  Both readings give the same records; a line whose due time is not a
+  finite number is not a wheelq record.
 * A tick that holds several records keeps them in a list, not in the
   insertion-ordered dict the design names: the list costs about half the
   memory (a pending task takes under 300 bytes in all), and a cancelled
