@@ -81,8 +81,10 @@ Decisions the design contract leaves open
   ``write()`` (whole lines, ``O_APPEND``) before its fsync: with many threads
   adding, a system call apiece hands the GIL around at every call.  If that
   write fails, every ``delay()`` it carried raises and its task is forgotten.
-  Any other write goes after the lines still waiting, so the file keeps
-  their order.
+  Until its ``delay()`` returns, such a task waits outside the ring, so it
+  cannot run first.  Any other write goes after the lines still waiting, so
+  the file keeps their order.  An add with a ``task_id`` is written at once,
+  and a ``delay()`` that finds that id live returns once the add is durable.
 * Replay reads the ``add`` and ``done`` lines that wheelq itself writes
   with one regular expression per few thousand lines (their args and kwargs
   with the JSON scanner), and every other line with the JSON parser: a
@@ -630,6 +632,13 @@ def _add_line(head: str, tid: str, task: Task, due: float, args: tuple, kwargs: 
     return _line(record if head == _OWNER_ADD else dict(p=1, **record))
 
 
+def _unwritten(lost: OSError) -> OSError:
+    """The error for a deferred line whose write failed: it never reached the file."""
+    exc = OSError(lost.errno, lost.strerror)
+    exc.unwritten = True
+    return exc
+
+
 def _closed_gate() -> Any:
     """A lock held closed: ``acquire`` waits until it is released, as a gate opens."""
     gate = threading.Lock()
@@ -955,11 +964,12 @@ class _Journal:
                     self._gathering.release()  # the writes its fsync waits for are in
                 lost = self._lost.pop(seq, None) if own else None
                 if lost is not None:
-                    exc = OSError(lost.errno, lost.strerror)
-                    exc.unwritten = True  # the line never reached the file
-                    raise exc
-                if self._synced >= seq or self.fd is None:  # closed: close() synced
+                    raise _unwritten(lost)
+                if self._synced >= seq:
                     return
+                if self.fd is None:  # closed, and close() could not make it durable
+                    raise OSError(errno.EIO, "journal %s was closed before this write was made "
+                                  "durable (its last fsync failed); check the disk" % self.path)
                 running = self._fsyncing
                 gather = None
                 if running is None:
@@ -975,17 +985,19 @@ class _Journal:
                 if running.acquire(True, 1.0):
                     running.release()
                 continue
-            if gather is not None:
-                gather.acquire(True, _GATHER)
-                with lock:
-                    self._want = 0
             synced = False
             try:
+                if gather is not None:
+                    gather.acquire(True, _GATHER)
                 self._drain_to_commit()
                 target = self._appended
                 self._fsync(self.fd)
                 synced = True
             except OSError as exc:
+                with lock:
+                    lost = self._lost.pop(seq, None) if own else None
+                if lost is not None:  # its own line never reached the file: say that
+                    raise _unwritten(lost) from None
                 raise _os_error(exc, self.path, "fsync failed on journal",
                                 "the disk may be failing; check it and retry") from None
             finally:
@@ -993,9 +1005,17 @@ class _Journal:
                     if synced:
                         self._group = max(1, target - self._synced)
                         self._synced = max(self._synced, target)
+                    self._want = 0
                     self._fsyncing = None
                 mine.release()
 
+    def _fsync_done(self) -> None:
+        """Wait for an fsync in flight to end (compaction, before it closes the file)."""
+        with self._sync:
+            running = self._fsyncing
+        if running is not None:
+            running.acquire()
+            running.release()
 
     # -- reading -------------------------------------------------------------
 
@@ -1101,6 +1121,7 @@ class _Journal:
         finally:
             if self.fd is old:
                 self._unlock_file()
+        self._fsync_done()  # one that started before the swap may still use the old file
         os.close(old)  # releases the flock: waiting producers find the new inode
         try:
             _fsync_dir(self.path)
@@ -1211,14 +1232,17 @@ def _not_a_record(exc: Exception) -> str:
 # The lines an owner writes most, as wheelq spells them: an add (an owner's, or a
 # producer's, marked "p":1) with no tries, and a done.  Every other line matches
 # the last branch.  A JSON string here has no escapes and no control characters,
-# and a number is JSON's, so the parts mean what they mean to a JSON parser.
+# and a number is JSON's, so the parts mean what they mean to a JSON parser.  An
+# add's args and kwargs are left to the JSON scanner: one group, with one place
+# to end, so a line costs one pass whatever it holds.
 _STR = r'"([^"\\\x00-\x1f]*)"'
 _ROW = re.compile(
     r'(?:\{"p":1,|\{)"op":"add","id":%s,"task":%s,'
     r'"due":(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?),'
-    r'"args":(\[[^\n]*\]),"kwargs":(\{[^\n]*\})\}\n'
+    r'"args":(\[[^\n]*)\}\n'
     r'|\{"op":"done","id":"([^"\\\x00-\x1f]+)"\}\n'
     r'|([^\n]*)\n' % (_STR, _STR))
+_NO_KWARGS = ',"kwargs":{}'
 
 
 def _scan_rows(chunk: str) -> list:
@@ -1227,28 +1251,32 @@ def _scan_rows(chunk: str) -> list:
     A JSON parser builds a dict a line, which costs as much again as the
     record built from it; so the lines ``_ROW`` knows are read by it, in one
     call a chunk: an add becomes its ``_Rec`` and a done the 1-tuple of its id.
-    Their args and kwargs are decoded by the JSON scanner; a value starts
-    where the line puts it and has one end, so if each is exactly one JSON
-    value the line means what ``_ROW`` read.  Any other line is decoded as
-    JSON: a row that is neither a ``_Rec`` nor a tuple is a line's JSON value.
-    Fewer rows than lines means the next line is not one JSON value.
+    The JSON scanner reads an add's args where they start, which is where
+    they end too, and then its kwargs, which must end the line.  Any other
+    line is decoded as JSON: a row that is neither a ``_Rec`` nor a tuple is a
+    line's JSON value.  Fewer rows than lines means the next line is not one
+    JSON value.
     """
     rows: list = []
     append, scan, intern, lines = rows.append, _scan_json, sys.intern, None
-    for tid, name, due, args, kwargs, done, other in _ROW.findall(chunk):
-        if args:
+    for tid, name, due, tail, done, other in _ROW.findall(chunk):
+        if tail:  # '[args],"kwargs":{kwargs}'
             try:
-                value, stop = scan(args, 0)
-                if stop == len(args):
-                    rec = _Rec(tid, intern(name), value, float(due))
-                    if kwargs != "{}":
-                        value, stop = scan(kwargs, 0)
-                        if stop != len(kwargs):
-                            raise ValueError(kwargs)
-                        rec.extra(value, 0, None)
-                    if -_INF < rec.due < _INF:
-                        append(rec)
-                        continue
+                args, stop = scan(tail, 0)
+                if stop == len(tail) - len(_NO_KWARGS) and tail.endswith(_NO_KWARGS):
+                    kwargs = None
+                elif tail.startswith(',"kwargs":', stop):
+                    kwargs, stop = scan(tail, stop + 10)
+                    if stop != len(tail) or kwargs.__class__ is not dict:
+                        raise ValueError(tail)
+                else:
+                    raise ValueError(tail)
+                rec = _Rec(tid, intern(name), args, float(due))
+                if kwargs:
+                    rec.extra(kwargs, 0, None)
+                if -_INF < rec.due < _INF:
+                    append(rec)
+                    continue
             except (ValueError, StopIteration):
                 pass
             # Not as _ROW read it: the JSON parser has the last word.
@@ -1302,12 +1330,12 @@ def _apply_lines(data: bytes, lineno: int, path: str, apply: Callable[[dict], No
         if producers_only:
             if line.startswith(_MARK):
                 try:
-                    _apply_one(apply, loads(line), path, i)
+                    _apply_one(apply, loads(line.decode("utf-8")), path, i)
                 except (ValueError, JournalCorrupt) as exc:
                     logger.error("journal %s line %d: skipped an unreadable record (%s)", path, i, exc)
             continue
         try:
-            obj = loads(line)
+            obj = loads(line.decode("utf-8"))  # UTF-8 only, as replay reads it
         except ValueError:
             raise JournalCorrupt(path, i, "unreadable JSON: %.60r" % line) from None
         _apply_one(apply, obj, path, i)
@@ -1665,6 +1693,12 @@ class Wheel:
             if kwargs:
                 rec.extra(kwargs, 0, None)
             k = self._tick_ceil(due)
+            # Under fsync="always" the line is deferred (see _Journal.defer), and
+            # the task waits outside the ring until its line is in the file, so
+            # that the timer cannot run a task whose delay() then fails.  A
+            # task_id is written at once, since another delay() may find it.
+            deferred = self._always and task_id is None
+            found = None
             # acquire() and release(), not ``with``: on this path two with
             # statements cost as much again as the two locks themselves.
             journal.lock.acquire()
@@ -1672,20 +1706,29 @@ class Wheel:
                 if self._state in ("stopping", "closed"):
                     raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
                 if task_id is not None:
-                    cur = self._tasks.get(tid)
-                    if cur is not None:
-                        return self._existing(cur)
-                seq = journal.defer(data) if self._always else journal.write(data)
-                self._lock.acquire()
-                try:
-                    self._tasks[tid] = rec
-                    self._ring.add(rec, k)
-                finally:
-                    self._lock.release()
+                    found = self._tasks.get(tid)
+                if found is None:
+                    seq = journal.defer(data) if deferred else journal.write(data)
+                    self._lock.acquire()
+                    try:
+                        self._tasks[tid] = rec
+                        if not deferred:
+                            self._ring.add(rec, k)
+                    finally:
+                        self._lock.release()
             finally:
                 journal.lock.release()
+            if found is not None:
+                return self._existing(found)
+            if deferred:
+                self._commit_or_cancel(seq, tid)
+                with self._lock:
+                    if rec.at is PENDING and self._tasks.get(tid) is rec:
+                        self._ring.add(rec, k)
+                return TaskHandle(self, tid)
         else:
             data = _add_line(_PRODUCER_ADD, tid, task, due, args, kwargs)
+            found = None
             with journal.lock:
                 if self._state == "closed":
                     raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
@@ -1695,19 +1738,23 @@ class Wheel:
                     journal._lock_file()
                     try:
                         self._refresh_view()
-                        cur = self._tasks.get(tid)
-                        if cur is not None:
-                            return self._existing(cur)
-                        seq = journal.write_locked(data)
+                        found = self._tasks.get(tid)
+                        if found is None:
+                            seq = journal.write_locked(data)
                     finally:
                         journal._unlock_file()
+            if found is not None:
+                return self._existing(found)
         if self._always:
             self._commit_or_cancel(seq, tid)
         return TaskHandle(self, tid)
 
     def _existing(self, rec: _Rec) -> TaskHandle:
+        """The handle of the live task that a ``delay(task_id=...)`` found (called with no lock held)."""
         if rec.state == FAILED:
             raise WheelqError("a dead letter holds task id %r; requeue() or purge() it first" % rec.id)
+        if self._always:
+            self._journal.sync()  # its add is in the file: return once it is durable too
         return TaskHandle(self, rec.id)
 
     def _commit_or_cancel(self, seq: int, tid: str) -> None:
@@ -1718,8 +1765,10 @@ class Wheel:
             try:
                 if getattr(exc, "unwritten", False):  # not in the file: forget it here only
                     with self._lock:
-                        self._apply({"op": "cancel", "id": tid})
-                        self._idle.notify_all()
+                        rec = self._tasks.pop(tid, None)
+                        if rec is not None:
+                            self._ring.remove(rec)
+                            rec.at = UNKNOWN
                 else:
                     self.cancel(tid)
             except Exception:  # the original error is the one to report
@@ -1914,7 +1963,9 @@ class Wheel:
         self._view()
         with self._lock:
             if self._live:
-                pending = len(self._ring)  # every pending task of the owner waits in the ring
+                # A running owner's pending tasks wait in the ring.  (After stop(), the
+                # queued tasks it took back are pending in the journal, not here.)
+                pending = len(self._ring)
             else:
                 pending = sum(1 for r in self._tasks.values() if r.state != FAILED)
             return dict(pending=pending, **self._counts)
@@ -2632,7 +2683,7 @@ def _scan(path: str, data: bytes) -> tuple:
     for lineno in range(2, len(lines) + 1):
         line = lines[lineno - 1]
         try:
-            obj = loads(line)
+            obj = loads(line.decode("utf-8"))  # UTF-8 only, as replay reads it
         except ValueError:
             reason = "unreadable JSON"
             if lineno == len(lines) and not tail:

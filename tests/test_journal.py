@@ -655,7 +655,10 @@ _junk = st.sampled_from(["", "{", "[1]", '"done"', "null", '{"op":"add"}', "1 2"
                          # args and kwargs that a greedy reading splits in the wrong place
                          '{"op":"add","id":"a","task":"job","due":1.0,"args":[1],"kwargs":{"b":[2],"kwargs":{}}}',
                          '{"op":"add","id":"a","task":"job","due":1.0,"args":[1],"kwargs":{}},"kwargs":{}}',
-                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[1]],"kwargs":{}}'])
+                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[1]],"kwargs":{}}',
+                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":[1]}',
+                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":{},"x":1}',
+                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":{}}}'])
 
 
 def _expected_replay(texts):
@@ -840,8 +843,8 @@ def test_a_sync_by_someone_else_does_not_swallow_a_failed_deferred_write(journal
     assert lines(journal) == [b'{"wheelq": 1}']
 
 
-def test_a_task_that_runs_before_its_deferred_add_is_written_is_journalled_in_order(journal, clock, monkeypatch):
-    """Any other write writes the deferred lines first: a done line never precedes its add."""
+def test_a_task_whose_deferred_add_is_not_written_yet_does_not_run(journal, clock, monkeypatch):
+    """A deferred add waits outside the ring until its line is in the file and durable."""
     wheel, gate, threads, results = _held_first_commit(journal, clock, monkeypatch, 0)
     job = wheel._registry["job"]
     adders = [threading.Thread(target=job.delay, args=(i,)) for i in range(6)]  # due now
@@ -849,12 +852,16 @@ def test_a_task_that_runs_before_its_deferred_add_is_written_is_journalled_in_or
         t.start()
     while wheel._journal._written < 7:
         adders[0].join(0.01)
-    clock.advance(1)  # they run, and their done lines are written, while their adds wait
+    clock.advance(1)  # their tick comes while their lines wait for the held fsync
     assert wheel.join(timeout=WAIT)
+    assert wheel.stats()["done"] == 0 and len(wheel.pending()) == 7
     gate.set()
     for t in threads + adders:
         t.join(WAIT)
         assert not t.is_alive()
+    clock.advance(1)  # now they are in the ring, and run at the next tick
+    assert wheel.join(timeout=WAIT)
+    assert wheel.stats()["done"] == 6
     assert wheel.stop(timeout=WAIT)
     seen = set()
     for r in records(journal):
@@ -863,6 +870,80 @@ def test_a_task_that_runs_before_its_deferred_add_is_written_is_journalled_in_or
         else:
             seen.add(r["id"])
     assert sum(r["op"] == "done" for r in records(journal)) == 6
+
+
+def test_a_deferred_add_whose_write_fails_never_runs_and_is_forgotten(journal, clock, monkeypatch):
+    wheel, gate, threads, results = _held_first_commit(journal, clock, monkeypatch, 0)
+    job = wheel._registry["job"]
+    failed = []
+
+    def add():
+        try:
+            job.delay("due now")
+        except OSError as exc:
+            failed.append(exc)
+
+    adder = threading.Thread(target=add)
+    adder.start()
+    while wheel._journal._written < 2:
+        adder.join(0.01)
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT)
+    monkeypatch.setattr(wheelq.os, "write", _disk_full)
+    gate.set()
+    for t in threads + [adder]:
+        t.join(WAIT)
+        assert not t.is_alive()
+    monkeypatch.undo()
+    assert len(failed) == 1 and failed[0].errno == 28
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT)
+    stats = wheel.stats()
+    assert (stats["done"], stats["cancelled"], stats["pending"]) == (0, 0, 1)  # only "first" is left
+    assert [t.args for t in wheel.pending()] == [("first",)]
+    assert wheel.stop(timeout=WAIT)
+    assert [r["args"] for r in records(journal)] == [["first"]]
+
+
+def test_delay_with_a_task_id_that_another_delay_holds_returns_once_it_is_durable(journal, clock, monkeypatch):
+    """The second delay(task_id=X) returns X's handle only after X's add is on disk."""
+    wheel, gate, threads, results = _held_first_commit(journal, clock, monkeypatch, 0)
+    job = wheel._registry["job"]
+    handles = []
+    first = threading.Thread(target=lambda: handles.append(job.delay(task_id="x", count_down=100)))
+    second = threading.Thread(target=lambda: handles.append(job.delay(task_id="x", count_down=100)))
+    first.start()
+    while wheel._journal._written < 2:
+        first.join(0.01)
+    assert lines(journal)[-1].startswith(b'{"op":"add","id":"x"')  # a task_id is written at once
+    second.start()
+    second.join(0.2)
+    assert second.is_alive() and not handles  # both wait for the held fsync
+    gate.set()
+    for t in threads + [first, second]:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert [h.id for h in handles] == ["x", "x"]
+    assert [r["id"] for r in records(journal)].count("x") == 1
+    assert wheel.stop(timeout=WAIT)
+
+
+def test_a_write_that_close_could_not_make_durable_raises(journal, clock, monkeypatch):
+    j = wheelq._Journal(journal, "always")
+    j.open()
+    j.shared = False
+    with j.lock:
+        mine = j.defer(b'{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":{}}\n')
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wheelq._Journal, "_fsync", staticmethod(broken))
+    with pytest.raises(OSError, match="fsync failed"):
+        with j.lock:
+            j.close()
+    with pytest.raises(OSError, match="closed before this write was made durable"):
+        j.commit(mine)
 
 
 def test_stopping_while_threads_add_in_always_mode_keeps_every_acknowledged_add(journal, clock):
@@ -942,3 +1023,86 @@ def test_an_add_line_names_a_value_that_is_not_json(args):
     for head in (wheelq._OWNER_ADD, wheelq._PRODUCER_ADD):
         with pytest.raises(TypeError, match="must be JSON"):
             wheelq._add_line(head, "a", task, 1.0, args, {})
+
+
+@pytest.mark.parametrize("line", [
+    b'\xef\xbb\xbf{"op":"add","id":"bom","task":"job","due":1.0,"args":[],"kwargs":{}}',  # a BOM
+    b'{"op":"add","id":"\xed\xa0\x80","task":"job","due":1.0,"args":[],"kwargs":{}}',  # a surrogate
+    '{"op":"add","id":"u16","task":"job","due":1.0,"args":[],"kwargs":{}}'.encode("utf-16-le"),
+])
+def test_every_reader_takes_a_line_that_is_not_utf8_as_unreadable(journal, clock, line):
+    """The journal is UTF-8: the owner, a producer's view and `check` agree on a line that is not."""
+    wheelq.Wheel(journal).stop()
+    producer = owner(journal, clock)  # a view that has read the file so far
+    producer.pending()
+    good = b'{"op":"add","id":"good","task":"job","due":1.0,"args":[],"kwargs":{}}\n'
+    with open(journal, "ab") as f:
+        f.write(line + b"\n" + good)
+    with pytest.raises(wheelq.JournalCorrupt) as info:
+        owner(journal, clock).start()
+    assert info.value.lineno == 2
+    with pytest.raises(wheelq.JournalCorrupt) as info:
+        producer.pending()
+    assert info.value.lineno == 2
+    producer.stop()
+    with open(journal, "rb") as f:
+        data = f.read()
+    _, count, bad = wheelq._scan(journal, data)
+    assert [b[0] for b in bad] == [2]
+
+
+def test_a_deferred_write_and_its_fsync_both_failing_report_the_write_once(journal, monkeypatch):
+    j = wheelq._Journal(journal, "always")
+    j.open()
+    j.shared = False
+    with j.lock:
+        mine = j.defer(b'{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":{}}\n')
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wheelq.os, "write", _disk_full)
+    monkeypatch.setattr(wheelq._Journal, "_fsync", staticmethod(broken))
+    with pytest.raises(OSError, match="cannot append to journal") as info:
+        j.commit(mine)  # the line never reached the file: that, not the fsync, is the news
+    assert info.value.unwritten and j._lost == {}  # nothing left over to block a compaction
+    monkeypatch.undo()
+    j.close()
+
+
+def test_compaction_waits_for_an_fsync_in_flight_before_closing_the_old_file(journal, clock, monkeypatch):
+    wheelq.Wheel(journal).stop()
+    real, gate, held = os.fsync, threading.Event(), threading.Event()
+    calls = []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 1:  # the first, a delay()'s commit: held, with the old file's fd
+            held.set()
+            assert gate.wait(WAIT)
+        real(fd)
+
+    monkeypatch.setattr(wheelq._Journal, "_fsync", staticmethod(fsync))
+    wheel = owner(journal, clock, fsync="always").start()
+    errors = []
+
+    def add():
+        try:
+            wheel._registry["job"].delay(count_down=100)
+        except Exception as exc:
+            errors.append(exc)
+
+    adder = threading.Thread(target=add)
+    adder.start()
+    assert held.wait(WAIT)
+    compactor = threading.Thread(target=wheel.compact)
+    compactor.start()
+    compactor.join(0.3)
+    assert compactor.is_alive()  # it waits for the fsync that uses the old file
+    gate.set()
+    for t in (adder, compactor):
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert errors == []
+    assert len(wheel.pending()) == 1
+    assert wheel.stop(timeout=WAIT)
