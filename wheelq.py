@@ -1133,14 +1133,17 @@ class _Journal:
 
 
 def _read_all(fd: int) -> bytes:
+    """The whole file: one read of its size, so a big journal is not copied twice."""
+    want = os.fstat(fd).st_size + 1  # one more: a file that grew meanwhile reads on
     chunks = []
     offset = 0
     while True:
-        chunk = os.pread(fd, 1 << 24, offset)
+        chunk = os.pread(fd, want, offset)
         if not chunk:
-            return b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.append(chunk)
         offset += len(chunk)
+        want = 1 << 24
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -1259,24 +1262,24 @@ def _scan_rows(chunk: str) -> list:
     """
     rows: list = []
     append, scan, intern, lines = rows.append, _scan_json, sys.intern, None
+    rec_of, inf, no_kwargs, plain = _Rec, _INF, _NO_KWARGS, len(_NO_KWARGS)
     for tid, name, due, tail, done, other in _ROW.findall(chunk):
         if tail:  # '[args],"kwargs":{kwargs}'
             try:
                 args, stop = scan(tail, 0)
-                if stop == len(tail) - len(_NO_KWARGS) and tail.endswith(_NO_KWARGS):
-                    kwargs = None
+                due = float(due)
+                if stop + plain == len(tail) and tail.endswith(no_kwargs):
+                    if -inf < due < inf:
+                        append(rec_of(tid, intern(name), args, due))
+                        continue
                 elif tail.startswith(',"kwargs":', stop):
                     kwargs, stop = scan(tail, stop + 10)
-                    if stop != len(tail) or kwargs.__class__ is not dict:
-                        raise ValueError(tail)
-                else:
-                    raise ValueError(tail)
-                rec = _Rec(tid, intern(name), args, float(due))
-                if kwargs:
-                    rec.extra(kwargs, 0, None)
-                if -_INF < rec.due < _INF:
-                    append(rec)
-                    continue
+                    if stop == len(tail) and kwargs.__class__ is dict and -inf < due < inf:
+                        rec = rec_of(tid, intern(name), args, due)
+                        if kwargs:
+                            rec.extra(kwargs, 0, None)
+                        append(rec)
+                        continue
             except (ValueError, StopIteration):
                 pass
             # Not as _ROW read it: the JSON parser has the last word.
