@@ -19,6 +19,7 @@ import os
 import queue
 import random
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -478,24 +479,47 @@ def _build_journal(path, n, finished):
     wheel.stop()
 
 
+_REOPEN = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import wheelq
+wheel = wheelq.Wheel(sys.argv[2], clock=wheelq.ManualClock(float(sys.argv[3])))
+wheel.task(name=sys.argv[4])(lambda *a: None)
+t = time.perf_counter()
+wheel.start()
+dt = time.perf_counter() - t
+pending = wheel.stats()["pending"]
+wheel.stop()
+print(dt, pending)
+"""
+
+_LOADS = r"""
+import json, sys, time
+loads = json.loads
+t = time.perf_counter()
+with open(sys.argv[1], "rb") as f:
+    for line in f:
+        loads(line)
+print(time.perf_counter() - t)
+"""
+
+
+def _child(code, *args):
+    """Run ``code`` in a fresh interpreter and return what it printed, split."""
+    out = subprocess.run([sys.executable, "-c", code] + [str(a) for a in args],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
 def _reopen_time(path):
-    wheel = wheelq.Wheel(path, clock=wheelq.ManualClock(T0 + 2.0))
-    wheel.task(name=NAME)(noop)
-    t = perf()
-    wheel.start()
-    dt = perf() - t
-    pending = wheel.stats()["pending"]
-    wheel.stop()
-    return dt, pending
+    """start() of the journal in a fresh process, as after a restart (the time inside it)."""
+    dt, pending = _child(_REOPEN, os.path.dirname(HERE), path, T0 + 2.0, NAME)
+    return float(dt), int(pending)
 
 
 def _loads_lines(path):
-    loads = json.loads
-    t = perf()
-    with open(path, "rb") as f:
-        for line in f:
-            loads(line)
-    return perf() - t
+    """The reference, in a fresh process too: json.loads of each line of the file."""
+    return float(_child(_LOADS, path)[0])
 
 
 def _count_lines(path):

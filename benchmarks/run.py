@@ -203,7 +203,11 @@ Notes
   argument and a due time uniform over a day (about 12 tasks per tick).
 - 4. The journal is written by wheelq itself: N pending tasks plus 0.45 N
   tasks added and done (interleaved), then the same after `compact()`.  The
-  time is `Wheel(path).start()`: replay, ring build, threads.
+  time is `Wheel(path).start()`: replay, ring build, threads, timed inside a
+  fresh interpreter, as after a restart; the reference runs in a fresh
+  interpreter too.  (Measured in the process that had just built the
+  journal and its million records, both took longer, and start() the more:
+  1.21x to 1.25x before compaction in two runs of 2026-12-02.)
 - 6. Lateness = the time the task started minus its due time, on the real
   clock; tasks come due at random times.  The reference is a thread that
   sleeps with `Event.wait` to each due time in the same window.
