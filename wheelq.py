@@ -15,109 +15,132 @@ only: it uses ``fcntl.flock``).  Copy ``wheelq.py`` beside a script, or
 
 Design
 ------
-*Ring.*  A hashed timing wheel of ``slots`` slots (3600 by default).  Tick
-``k`` stands for the instant ``k * tick``; a task due at ``due`` belongs to the
-first tick with ``k * tick >= due``, so it never fires early.  Its slot is
-``k % slots`` and its round ``k // slots``.  Each slot is a dict keyed by the
-absolute tick (which names the round) holding a single record, or an
-insertion-ordered list of records when the tick holds several.  Cancelling
-leaves a dead entry in the list, which a mostly dead list sheds, so adding
-and cancelling are O(1) (amortised); processing a tick pops one key, so an
-idle tick costs the same with a million tasks pending as with ten.  Each
-slot also keeps a heap of its ticks, so a timer that wakes up more than a
-whole revolution late catches up with one sweep of the slots: O(slots +
-due), not O(ticks missed).  The ring is pure data: no locks, no I/O, no
-clock.
+The file reads top to bottom in sections, each understandable without the
+ones below it: exceptions; clocks (the only code that reads the time);
+schedules (the time arithmetic of periodic tasks); the ring; task state;
+stores; runners; ``Task`` and its kin; ``Wheel``; the command line.
 
-*Journal.*  A JSON Lines file: a ``{"wheelq": 1}`` header, then one record per
-line (``add``, ``done``, ``retry``, ``fail``, ``cancel``, ``requeue``,
-``purge``).  Each record is one ``write()`` to a file opened with ``O_APPEND``,
-so whole lines never interleave.  A task leaves the journal (a ``done``
-record) only after its function returned, so execution is *at least once*:
-tasks should be idempotent.  Arguments are JSON; nothing in the journal is
-ever evaluated, and only registered task names run.  In this process a task
-receives the argument objects it was given; after a restart it receives them
-as JSON decoded them (tuples become lists, dict keys become strings).
+*Ring.*  A hashed timing wheel of ``slots`` slots.  Tick ``k`` stands for the
+instant ``k * tick``; a task due at ``due`` belongs to the first tick with
+``k * tick >= due``, so it never fires early.  Its slot is ``k % slots`` and
+its round ``k // slots``.  Each slot maps the ticks that fall on it to a
+record or a list of records, and keeps a heap of those ticks, so that a
+timer more than a revolution late takes every passed tick in one sweep:
+O(slots + due), not O(ticks missed).  Adding and cancelling cost O(1), and
+an idle tick pops one key whatever the number pending.  The ring is pure
+data: it knows nothing of a record but the tick it waits for.
 
-*One owner, many producers.*  ``start()`` takes an exclusive ``flock`` on
-``<path>.lock``; that process owns the journal: it replays it, runs the tasks
-and compacts the file.  Any other ``Wheel(path)`` that is never started is a
-producer: it appends records under ``flock`` on the journal, marked
-``"p":1``, and the owner takes them in at its next tick.  A producer never
-replays the journal to ``delay()``; ``get()``, ``pending()`` and friends read
-it incrementally.  ``start(standby=True)`` waits for the owner lock and takes
-over when the owner exits or dies.
+*Task state.*  One table holds every live task and where it stands (in the
+ring, queued, running, a dead letter).  Each journal op (add, start, done,
+retry, fail, cancel, requeue, purge, reschedule, pause, resume) is described
+once, with its fields, how it applies and what compaction keeps of it, and
+every reader and writer of the journal goes through that description: replay,
+the owner's reading of other processes' lines, a producer's view, the owner's
+own changes and the command line.
 
-*Threads.*  One timer thread (``wheelq-timer``) wraps ``Wheel.tick()``; a
-bounded ``queue.Queue`` of small batches feeds ``workers`` threads
-(``wheelq-worker-N``).  A full queue makes the timer wait in short steps
-(backpressure); ``delay()`` keeps working meanwhile.  Lock order is always
-journal lock, then state lock; no I/O and no user code runs under the state
-lock.
+*Stores.*  The wheel keeps its records through a store: in memory, a file, or
+(``wheelq_redis``) a Redis server.  A file journal is JSON Lines: a header,
+then one record per line, each one ``write()`` to a file opened with
+``O_APPEND`` under ``flock``.  A task leaves the journal (``done``) only after
+its function returned, so execution is *at least once*: tasks should be
+idempotent.  Arguments are JSON; nothing in the journal is ever evaluated,
+and only registered task names run.
+
+*One owner, many producers.*  ``start()`` takes the owner lock (a ``flock`` on
+``<path>.lock``); that process replays the journal, runs the tasks and
+compacts the file.  Any other ``Wheel(path)`` is a producer: it appends
+records marked ``"p":1``, which the owner takes in, and reads the journal
+without a lock for its view of the tasks.  ``start(standby=True)`` waits for
+the owner lock and takes over when the owner exits or dies.
+
+*Threads.*  One timer thread (``wheelq-timer``) is a loop around ``tick()``,
+which is the whole step.  Due plain functions go to a bounded queue feeding
+``workers`` threads (``wheelq-worker-N``); ``async def`` tasks to one event
+loop (``wheelq-asyncio``).  Lock order: the store's lock, then the state
+lock; no I/O and no user code runs under the state lock.
 
 Decisions the design contract leaves open
 -----------------------------------------
-* ``pending()`` lists every task not yet finished and not a dead letter:
-  its ``status`` says whether it is pending, queued or running.
-* ``delay(task_id=X)`` while a dead letter holds ``X`` raises ``WheelqError``:
-  requeue or purge the dead letter first.  Nothing is replaced silently.
+* ``pending()`` lists every task not yet finished and not a dead letter: its
+  ``status`` says whether it is pending, queued or running.
+* ``delay(task_id=X)`` in the owner while a dead letter holds ``X`` raises
+  ``WheelqError``: requeue or purge the dead letter first.  A producer does
+  not read the journal to add, so its add of such an id is ignored by the
+  owner, as any add of a live id is.
 * ``requeue()`` resets ``tries`` so the task gets its full retries again.
 * ``TaskHandle.status()`` remembers the last 65,536 finished ids of this
   process, and at times up to twice as many; an older one reads ``"unknown"``.
-* A producer's ``cancel()`` is journaled for a task the producer sees
-  pending; if the owner has already started it, it runs to the end.
 * ``tick()`` on a journal-backed wheel that was never started refuses: only
-  the owner runs tasks.  Eager mode is for ``Wheel()`` in memory.
-* The ``done`` records of one batch are written together after the batch, so
-  a SIGKILL can re-run the tasks of the batch that was in flight.
+  the owner runs tasks.  Eager mode is for ``Wheel()`` in memory (and
+  ``testing()``).
+* Every append, the owner's included, holds ``flock`` on the journal.  A line
+  without its newline seen under that flock was therefore left by a writer
+  that died, and the appender cuts it before it writes: no acknowledged line
+  is ever glued onto a torn one, and no appender waits for another process
+  to mend the file.  (The contract had only the owner cut torn lines, at
+  open; that was because the owner appended without the flock.)
+* Under that flock the owner first reads what others appended since its last
+  append and applies it, so the live owner's state is always the state of
+  the file up to its own line: the state after a restart equals the state of
+  the live owner.
+* The owner journals ``{"op": "start", "ids": [...]}`` before a batch runs
+  (an op the contract does not list).  Replay then knows what was running: a
+  producer's cancel of a running task is ignored there as it is live, and a
+  task whose run a crash cut short is known.  Such a task is pending again
+  and next runs alone; if it was the only task running when the process
+  died, that counts against it, and after ``max(retries + 1, 3)`` such
+  deaths it becomes a dead letter ("the process died while running it N
+  times").  The floor of three keeps one or two kills of an owner (a
+  deploy, the OOM killer) from dead-lettering a task that merely ran at
+  that moment.
+* The ``done`` records of one batch are written together after it, so a
+  SIGKILL can re-run the tasks of the batch that was in flight.
 * I/O failures raise ``OSError`` of the usual subclass whose message names
   the journal and what to do; a failed ``delay()`` leaves nothing behind.
-* Under ``fsync="always"``, the thread about to fsync for a group of
-  concurrent writers first waits up to 0.5 ms for as many writers as its
-  last fsync carried, so one fsync serves them all.  A writer alone waits
-  at most once, just after the others stop.
 * Under ``fsync="always"`` the owner's ``delay()`` leaves its line to the
   thread that commits the group, which writes all the group's lines with one
-  ``write()`` (whole lines, ``O_APPEND``) before its fsync: with many threads
-  adding, a system call apiece hands the GIL around at every call.  If that
-  write fails, every ``delay()`` it carried raises and its task is forgotten.
-  Until its ``delay()`` returns, such a task waits outside the ring, so it
-  cannot run first.  Any other write goes after the lines still waiting, so
-  the file keeps their order.  An add with a ``task_id`` is written at once,
-  and a ``delay()`` that finds that id live returns once the add is durable.
-* Replay reads the ``add`` and ``done`` lines that wheelq itself writes
-  with one regular expression per few thousand lines (their args and kwargs
-  with the JSON scanner), and every other line with the JSON parser: a
-  parser's dict per line cost as much again as the record built from it.
-  Both readings give the same records; a line whose due time is not a
-  finite number is not a wheelq record.
+  ``write()`` before its fsync; until then the task waits outside the ring,
+  so it cannot run first.  If that write fails, every ``delay()`` it carried
+  raises and its task is forgotten.  An add with a ``task_id`` is written at
+  once.  Outcomes that the event loop writes are fsynced by the timer (the
+  loop never waits for the disk).
+* Replay reads the ``add`` and ``done`` lines that wheelq itself writes with
+  one regular expression per few thousand lines (their args and kwargs with
+  the JSON scanner), and every other line with the JSON parser; both
+  readings give the same records.  Every reader takes the journal as UTF-8
+  only, and a line whose due time is not a finite number is not a record.
 * A tick that holds several records keeps them in a list, not in the
   insertion-ordered dict the design names: the list costs about half the
-  memory (a pending task takes under 300 bytes in all), and a cancelled
-  record's dead entry is skipped and, in bulk, compacted away.
-* ``start()`` pauses the cyclic garbage collector (process-wide) while it
-  replays the journal and builds the ring, and turns it back on if it was on:
-  replay keeps every object it makes, so collecting would find nothing.  It
-  then moves the young objects of the process into the oldest generation
-  (``gc.freeze()``, ``gc.unfreeze()``), so the next collection does not walk
-  a million new records at once.  Where objects are frozen already (by the
-  process itself, or by CPython 3.12, which starts with some), they stay
-  frozen and this step is skipped.
+  memory.  A cancelled record's dead entry is skipped and, in bulk,
+  compacted away.
+* When the wall clock steps back, the ring goes on from the new tick: ticks
+  already processed are empty, so nothing runs twice.  The timer never waits
+  longer than one tick, on any clock.
+* A retry waits ``retry_delay * retry_backoff ** (n - 1)``, capped at a year.
+* A naive ``eta`` is local time; one more than an hour in the past logs a
+  warning (``datetime.utcnow()`` is the usual cause).
+* Task arguments, results and run ids nest at most 100 levels deep:
+  ``delay()`` refuses deeper values, which the journal's readers could not
+  decode.  ``task_id`` and task names may not hold control characters, and
+  the command line and the logs escape the ones journal text holds.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import argparse
+import asyncio
 import base64
 import contextlib
+import contextvars
 import dataclasses
 import errno
 import fcntl
+import fnmatch
 import functools
-import gc
 import heapq
+import inspect
 import itertools
 import json
 import logging
@@ -131,22 +154,27 @@ import stat
 import sys
 import threading
 import time
+import traceback
 import weakref
-from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any, Callable, Iterable, Iterator
 
 __all__ = [
     "Wheel",
     "Task",
     "TaskHandle",
     "TaskInfo",
+    "ScheduleInfo",
     "ManualClock",
     "SystemClock",
+    "current",
     "WheelqError",
     "JournalLocked",
     "JournalCorrupt",
     "UnknownTask",
     "WheelClosed",
+    "TaskFailed",
+    "ResultUnavailable",
     "main",
 ]
 
@@ -163,15 +191,15 @@ class WheelqError(Exception):
 
 
 class JournalLocked(WheelqError):
-    """Another process owns the journal (holds ``<path>.lock``)."""
+    """Another process owns the journal (holds its owner lock)."""
 
-    def __init__(self, path: str, pid: int | None):
+    def __init__(self, path: str, pid: int | None, holder: str | None = None):
         self.path = path
         self.pid = pid
-        holder = "process %d" % pid if pid else "another process"
+        who = holder or ("process %d" % pid if pid else "another process")
         super().__init__(
             "journal %s is owned by %s; stop it first, or call "
-            "start(standby=True) to take over when it exits" % (path, holder)
+            "start(standby=True) to take over when it exits" % (path, who)
         )
 
 
@@ -190,11 +218,26 @@ class JournalCorrupt(WheelqError):
 
 
 class UnknownTask(WheelqError):
-    """No task (or no dead letter) with that id or name."""
+    """No task (or no dead letter, or no schedule) with that id or name."""
 
 
 class WheelClosed(WheelqError):
     """The wheel was stopped; build a new ``Wheel`` to go on."""
+
+
+class TaskFailed(WheelqError):
+    """The task became a dead letter; ``error`` is its last error, ``tries`` its failed runs."""
+
+    def __init__(self, tid: str, error: str | None, tries: int):
+        self.id = tid
+        self.error = error
+        self.tries = tries
+        super().__init__("task %s failed %d time(s) and is a dead letter: %s; "
+                         "wheel.requeue(%r) runs it again" % (tid, tries, error, tid))
+
+
+class ResultUnavailable(WheelqError):
+    """There is no result to return (not kept, expired, cancelled, unknown, or not JSON)."""
 
 
 def _os_error(exc: OSError, path: str, doing: str, advice: str) -> OSError:
@@ -212,20 +255,58 @@ def _write_advice(code: int | None) -> str:
         return "the file reached a size limit (`ulimit -f`, or the filesystem's): raise it and retry"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "fix the permissions of the file and its directory (or the read-only mount) and retry"
-    return "free disk space and retry"
+    if code in (errno.EMFILE, errno.ENFILE):
+        return "the process or the system ran out of open files: raise `ulimit -n` or close files, and retry"
+    if code == errno.EIO:
+        return "the disk reported an I/O error: check it and retry"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space and retry"
+    return "check the file and its filesystem, and retry"
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line for an error: an OSError's own words, not its ``[Errno N]`` repr."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror if exc.filename is None else "%s: %s" % (exc.filename, exc.strerror)
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: Any) -> str:
+    """``text`` with control characters escaped, for logs and terminals."""
+    text = text if isinstance(text, str) else str(text)
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+
+
+def _number(x: float) -> str:
+    return "%d" % x if float(x).is_integer() else "%g" % x
+
+
+_TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR,
+                        errno.ENOSPC, errno.EIO))
 
 
 # --------------------------------------------------------------------------
 # Clocks: the only code that reads the time
 # --------------------------------------------------------------------------
 
+# Elapsed real time, for measuring how long something took (a task's run, a
+# blocked event loop); never for deciding when a task is due.
+_monotonic = time.monotonic
+
 
 class SystemClock:
     """Wall-clock time, and waits that an event cuts short."""
 
-    def time(self) -> float:
-        """Seconds since the epoch."""
-        return time.time()
+    # Seconds since the epoch: the C function itself, so that reading the clock
+    # costs no Python frame on the path of every delay().
+    time = staticmethod(time.time)
 
     def wait(self, event: threading.Event, timeout: float | None) -> None:
         """Block until ``event`` is set or ``timeout`` seconds have passed."""
@@ -235,17 +316,26 @@ class SystemClock:
 class ManualClock:
     """A clock that moves only when told to: for tests, wheelq's and yours.
 
-    ``advance(seconds)`` wakes every timer waiting on this clock, which then
-    processes the ticks up to the new time.  It never reads the real clock.
+    ``advance(seconds)`` and ``set(t)`` wake every timer waiting on this
+    clock, which then processes the ticks up to the new time.  It never
+    reads the real clock.
     """
 
     def __init__(self, start: float = 1_000_000.0):
-        start = float(start)
-        if not math.isfinite(start):
-            raise ValueError("ManualClock start must be a finite number of seconds")
-        self._now = start
+        self._now = self._finite(start, "ManualClock start")
         self._lock = threading.Lock()
         self._events: weakref.WeakSet = weakref.WeakSet()
+
+    @staticmethod
+    def _finite(t: Any, what: str) -> float:
+        if isinstance(t, datetime):
+            t = t.timestamp()
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError("%s must be a number of seconds, not %s" % (what, type(t).__name__))
+        t = float(t)
+        if not math.isfinite(t):
+            raise ValueError("%s must be a finite number of seconds, not %r" % (what, t))
+        return t
 
     def time(self) -> float:
         """The current manual time, in seconds."""
@@ -258,140 +348,91 @@ class ManualClock:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError("advance() takes seconds as a number or timedelta")
         if not math.isfinite(seconds) or seconds < 0:
-            raise ValueError("advance() takes a finite, non-negative number of seconds")
+            raise ValueError("advance() takes a finite, non-negative number of seconds; "
+                             "set() moves the clock back")
         with self._lock:
             self._now += seconds
+        self._wake()
+        return self._now
+
+    def set(self, t: float | datetime) -> float:
+        """Move the clock to ``t`` (epoch seconds or an aware datetime), backwards too."""
+        t = self._finite(t, "set()")
+        with self._lock:
+            self._now = t
+        self._wake()
+        return t
+
+    def _wake(self) -> None:
+        with self._lock:
             events = list(self._events)
         for event in events:
             event.set()
-        return self._now
 
     def wait(self, event: threading.Event, timeout: float | None) -> None:
-        """Block until ``event`` is set (``advance`` sets it).
+        """Block until ``event`` is set (``advance`` and ``set`` set it), or for a short while.
 
-        Manual time does not pass on its own, so the real-time bound here only
-        keeps a forgotten waiter from hanging forever.
+        Manual time does not pass on its own.  A waiter returns when the
+        clock moves, and otherwise after ``timeout`` seconds of real time, at
+        most one: a timer on a manual clock still takes in other processes'
+        records and syncs its journal, as it would on the system clock.
         """
         if timeout is not None and timeout <= 0:
             return
         with self._lock:
             self._events.add(event)
-        event.wait(1.0)
+        event.wait(1.0 if timeout is None else min(timeout, 1.0))
 
+
+# --------------------------------------------------------------------------
+# Schedules: the time arithmetic of periodic tasks (pure functions of time)
+# --------------------------------------------------------------------------
+
+
+def _iso_utc(t: float) -> str:
+    """Epoch seconds as UTC ISO 8601 to the second: ``2026-12-04T10:05:00Z``."""
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso_utc(text: str) -> float:
+    """The inverse of ``_iso_utc``; ValueError for anything else."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
 
 # --------------------------------------------------------------------------
 # The ring: a hashed timing wheel, pure data
 # --------------------------------------------------------------------------
 
-PENDING, QUEUED, RUNNING = "pending", "queued", "running"
-DONE, FAILED, CANCELLED, UNKNOWN = "done", "failed", "cancelled", "unknown"
-
-
-class _Extra:
-    """What few tasks carry besides their args: kwargs, failed tries, the last error."""
-
-    __slots__ = ("args", "kwargs", "tries", "error")
-
-    def __init__(self, args, kwargs, tries, error):
-        self.args = args
-        self.kwargs = kwargs
-        self.tries = tries
-        self.error = error
-
-
-class _Rec:
-    """One task as the index and the ring hold it: five slots, no per-task dict.
-
-    A million pending tasks are a million of these, so every slot counts:
-
-    * ``body`` is the task's args, or an ``_Extra`` for the rare task that
-      also has kwargs, failed tries or an error (read them as properties).
-    * ``at`` says where the task is: its tick (an int) while it waits in the
-      ring, else its state (``PENDING`` when it is pending outside a ring,
-      as in a producer's view; ``QUEUED``, ``RUNNING``, ``FAILED``...).
-    """
-
-    __slots__ = ("id", "name", "body", "due", "at")
-
-    def __init__(self, tid, name, args, due, at=PENDING):
-        self.id = tid
-        self.name = name
-        self.body = args
-        self.due = due
-        self.at = at
-
-    @property
-    def args(self):
-        body = self.body
-        return body.args if body.__class__ is _Extra else body
-
-    @property
-    def kwargs(self):
-        body = self.body
-        return body.kwargs if body.__class__ is _Extra else None
-
-    @property
-    def tries(self):
-        body = self.body
-        return body.tries if body.__class__ is _Extra else 0
-
-    @property
-    def error(self):
-        body = self.body
-        return body.error if body.__class__ is _Extra else None
-
-    def extra(self, kwargs, tries, error) -> None:
-        """Set kwargs, tries and error together; a task with none of them keeps only its args."""
-        args = self.args
-        self.body = _Extra(args, kwargs, tries, error) if kwargs or tries or error is not None else args
-
-    def outcome(self, tries, error) -> None:
-        """Set tries and error, keeping kwargs."""
-        self.extra(self.kwargs, tries, error)
-
-    @property
-    def state(self):
-        at = self.at
-        return PENDING if at.__class__ is int else at
-
-    @state.setter
-    def state(self, value):
-        """Set a state other than pending-in-the-ring (the ring sets that, by placing it)."""
-        self.at = value
-
 
 class _Bucket(list):
-    """The records of one tick that holds several, in insertion order.
+    """The records of one tick that holds several, in the order they were added.
 
-    ``k`` is the tick, the one int object that the ``at`` of every record
-    placed here is (an int apiece would cost 28 bytes a task).  Removing a
-    record leaves its entry behind, dead, and counts it in ``dead``: a record
-    is live at its last entry, and only if its ``at`` is still ``k``.  A
-    bucket that is mostly dead is compacted, so a removal costs O(1)
-    amortised.  A list costs about half the bytes of a dict of the same
-    records.
+    ``k`` is the tick.  A record is live here at its last entry whose
+    ``at`` equals ``k``: removing one leaves its entry behind and counts it
+    in ``dead``, and a bucket that is mostly dead is compacted, so removal
+    is O(1) amortised.  (Records placed here share the one int object ``k``
+    as their ``at``, which saves an int apiece; liveness compares values.)
     """
 
     __slots__ = ("k", "dead")
 
-    def live(self, mark: Any) -> list:
-        """The live records in insertion order, their ``at`` set to ``mark``."""
+    def take(self) -> list:
+        """The live records in insertion order, each taken out (``at`` set to None)."""
         k = self.k
         if not self.dead:
             for rec in self:
-                rec.at = mark
+                rec.at = None
             return list(self)
         out = []
-        for rec in reversed(self):  # the last entry of a re-added record is its place
-            if rec.at is k:
-                rec.at = mark  # and an earlier entry of it no longer matches
+        for rec in reversed(self):  # a record's last entry is its place
+            if rec.at == k:
+                rec.at = None  # and its earlier entries no longer match
                 out.append(rec)
         out.reverse()
         return out
 
     def compact(self) -> None:
         """Drop the dead entries."""
-        self[:] = live = self.live(None)
+        self[:] = live = self.take()
         for rec in live:
             rec.at = self.k
         self.dead = 0
@@ -400,9 +441,13 @@ class _Bucket(list):
 class _Ring:
     """A hashed timing wheel over integer ticks.
 
-    ``last`` is the last tick processed.  ``add`` never places a record at or
-    before it, so nothing is lost to a tick that has passed.  ``advance``
-    returns the records of the ticks it processes, marked ``QUEUED``.
+    It holds records and reads or writes nothing of them but ``at``: the
+    tick a record waits for while the ring holds it, None otherwise.
+    ``last`` is the last tick processed; ``add`` never places a record at or
+    before it, so nothing is lost to a tick that has passed.  Each slot maps
+    the ticks that fall on it (one per round) to a record or a ``_Bucket``,
+    and keeps a heap of those ticks, so that a sweep after more than a
+    revolution takes every passed tick without walking them one by one.
     """
 
     __slots__ = ("nslots", "slots", "heaps", "last", "size")
@@ -417,7 +462,7 @@ class _Ring:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, rec: _Rec, k: int) -> None:
+    def add(self, rec: Any, k: int) -> None:
         """Place ``rec`` at tick ``k`` (or the next tick, if ``k`` has passed)."""
         if k <= self.last:
             k = self.last + 1
@@ -438,53 +483,64 @@ class _Ring:
         self.size += 1
 
     def fill(self, recs: Iterable, tick_of: Callable[[float], int]) -> int:
-        """Place the pending ``recs`` in an empty ring, at ``tick_of(rec.due)``; return how many.
+        """Place ``recs`` at ``tick_of(rec.due)``, grouped by tick; return how many.
 
-        The records of a replay are grouped by tick first: one slot entry and
-        one heap entry a tick, not a call of ``add`` a record; and each record
-        is touched once, which counts when a million lie all over memory.
+        For a replay: one slot entry and one heap entry a tick rather than a
+        call of ``add`` a record, and each record touched once.
         """
         first = self.last + 1
         ticks: dict = {}  # tick -> [the tick, its records...]
         for rec in recs:
-            if rec.at is not PENDING:
-                continue
             k = tick_of(rec.due)
             if k < first:
                 k = first
             group = ticks.get(k)
             if group is None:
                 ticks[k] = group = [k]
-            rec.at = group[0]  # one int object a tick: the ``k`` of its bucket
+            rec.at = group[0]  # one int object a tick, as in add
             group.append(rec)
         n, slots, heaps = self.nslots, self.slots, self.heaps
+        placed = 0
         for k, group in ticks.items():
-            if len(group) == 2:
-                cur = group[1]
-            else:
-                cur = _Bucket(group[1:])
-                cur.k = k
-                cur.dead = 0
             i = k % n
-            slots[i][k] = cur
-            heaps[i].append(k)
+            cur = slots[i].get(k)
+            new = group[1:]
+            placed += len(new)
+            if cur is None and len(new) == 1:
+                slots[i][k] = new[0]
+                heaps[i].append(k)
+                continue
+            if cur is None:
+                bucket = _Bucket(new)
+                heaps[i].append(k)
+            elif cur.__class__ is _Bucket:
+                for rec in new:
+                    rec.at = cur.k
+                cur.extend(new)
+                continue
+            else:
+                bucket = _Bucket([cur] + new)
+            bucket.k = k
+            bucket.dead = 0
+            for rec in bucket:
+                rec.at = k
+            slots[i][k] = bucket
         for heap in heaps:
             heapq.heapify(heap)
-        placed = sum(map(len, ticks.values())) - len(ticks)
         self.size += placed
         return placed
 
-    def remove(self, rec: _Rec) -> bool:
-        """Take ``rec`` out, leaving it ``PENDING``; False if it is not in the ring."""
+    def remove(self, rec: Any) -> bool:
+        """Take ``rec`` out; False if the ring does not hold it."""
         k = rec.at
-        if k.__class__ is not int:
+        if k is None:
             return False
         slot = self.slots[k % self.nslots]
         cur = slot.get(k)
-        rec.at = PENDING
+        rec.at = None
         if cur is rec:
             del slot[k]
-        else:  # the bucket of tick k holds it: ``at`` is only ever set by add
+        else:  # the bucket of tick k holds it, live at its last entry
             cur.dead += 1
             if cur.dead == len(cur):
                 del slot[k]
@@ -494,7 +550,7 @@ class _Ring:
         return True
 
     def advance(self, to: int) -> list:
-        """Process the ticks after ``last`` up to ``to``; return their records in order."""
+        """Process the ticks after ``last`` up to ``to``; return their records, in order."""
         last = self.last
         if to <= last:
             return []
@@ -529,13 +585,40 @@ class _Ring:
         self.size -= len(out)
         return out
 
+    def take_early(self, k: int, ready: Callable[[Any], bool]) -> list:
+        """Take out the records of the future tick ``k`` for which ``ready(rec)`` is true.
+
+        Tick ``k`` stays unprocessed, and its other records stay in it.
+        """
+        slot = self.slots[k % self.nslots]
+        cur = slot.get(k)
+        if cur is None:
+            return []
+        if cur.__class__ is not _Bucket:
+            recs = [cur]
+        else:  # each live record once (a re-added one has an earlier entry too)
+            recs = list({id(r): r for r in cur if r.at == k}.values())
+        out = [r for r in recs if ready(r)]
+        for rec in out:
+            self.remove(rec)
+        return out
+
+    def rewind(self, to: int) -> None:
+        """The clock went back: go on from tick ``to``.
+
+        Every tick after ``last`` still holds its records, and the ticks up
+        to ``last`` are empty (they were processed), so nothing runs twice.
+        """
+        if to < self.last:
+            self.last = to
+
 
 def _take(cur: Any, out: list) -> None:
-    """Append the live records of one tick's entry to ``out``, marked ``QUEUED``."""
+    """Append the live records of one tick's entry to ``out``, taking them out."""
     if cur.__class__ is _Bucket:
-        out += cur.live(QUEUED)
+        out += cur.take()
     else:
-        cur.at = QUEUED
+        cur.at = None
         out.append(cur)
 
 
@@ -544,40 +627,157 @@ def _first(pair: tuple) -> Any:
 
 
 # --------------------------------------------------------------------------
-# Journal
+# Task state: records, the journal's one codec, its ops, and the table
 # --------------------------------------------------------------------------
 
+PENDING, QUEUED, RUNNING = "pending", "queued", "running"
+DONE, FAILED, CANCELLED, UNKNOWN = "done", "failed", "cancelled", "unknown"
+
+_FINISHED_MEMORY = 65536  # finished ids whose final state status() still knows (at least)
+_MAX_DEPTH = 100  # how deeply task arguments and results may nest
+
+
+class _Extra:
+    """What few tasks carry besides their args.
+
+    ``crashes`` is None for a task whose runs were never cut short by the
+    death of the process; else the number of such runs during which it was
+    the only task running.  ``sched`` is ``(name, spec, tz)`` for a run of a
+    schedule.
+    """
+
+    __slots__ = ("args", "kwargs", "tries", "error", "crashes", "sched")
+
+    def __init__(self, args, kwargs, tries, error, crashes, sched):
+        self.args = args
+        self.kwargs = kwargs
+        self.tries = tries
+        self.error = error
+        self.crashes = crashes
+        self.sched = sched
+
+
+class _Rec:
+    """One task: five slots, no per-task dict (a million pending tasks are a million of these).
+
+    ``body`` is the args, or an ``_Extra`` for the rare task with more
+    (read them through the properties).  ``at`` belongs to the ring: the
+    tick the task waits for while the ring holds it, else None.  Where a
+    task stands (pending, queued, running, failed) the table knows.
+    """
+
+    __slots__ = ("id", "name", "body", "due", "at")
+
+    def __init__(self, tid, name, args, due):
+        self.id = tid
+        self.name = name
+        self.body = args
+        self.due = due
+        self.at = None
+
+    def _extra(self) -> Any:
+        body = self.body
+        return body if body.__class__ is _Extra else None
+
+    @property
+    def args(self):
+        body = self.body
+        return body.args if body.__class__ is _Extra else body
+
+    @property
+    def kwargs(self):
+        x = self._extra()
+        return x.kwargs if x else None
+
+    @property
+    def tries(self):
+        x = self._extra()
+        return x.tries if x else 0
+
+    @property
+    def error(self):
+        x = self._extra()
+        return x.error if x else None
+
+    @property
+    def crashes(self):
+        x = self._extra()
+        return x.crashes if x else None
+
+    @property
+    def sched(self):
+        x = self._extra()
+        return x.sched if x else None
+
+    def set(self, kwargs=None, tries=0, error=None, crashes=None, sched=None) -> None:
+        """Set everything but the args; a task with none of it keeps only its args."""
+        args = self.args
+        if kwargs or tries or error is not None or crashes is not None or sched is not None:
+            self.body = _Extra(args, kwargs or None, tries, error, crashes, sched)
+        else:
+            self.body = args
+
+    def outcome(self, tries, error, crashes) -> None:
+        """Set tries, error and crashes; keep kwargs and sched."""
+        self.set(self.kwargs, tries, error, crashes, self.sched)
+
+
+# -- the codec: every journal line is written and read here ------------------------
+
 _HEADER = b'{"wheelq": 1}\n'
-_GATHER = 0.0005  # seconds an fsync="always" group commit waits for its writers
-_MARK = b'{"p":1,'
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_json_str = json.encoder.encode_basestring
+_INF = math.inf
 
 
-def _line(record: dict) -> bytes:
-    """One journal line; TypeError names a value that is not JSON."""
-    try:
-        return (_encode(record) + "\n").encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            "task arguments must be JSON (str, int, float, bool, None, list, "
-            "dict): %s" % exc
-        ) from None
+def _depth(value: Any, limit: int) -> bool:
+    """True if ``value`` nests containers deeper than ``limit`` levels."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if v.__class__ in (list, tuple):
+            items = v
+        elif v.__class__ is dict:
+            items = v.values()
+        else:
+            continue
+        if d > limit:
+            return True
+        stack.extend((x, d + 1) for x in items)
+    return False
 
 
 def _not_json(value: Any) -> Any:
     raise TypeError("Object of type %s is not JSON serializable" % type(value).__name__)
 
 
-def _value_encoder() -> Callable[[Any], str]:
-    """Encode argument values (an args tuple or a kwargs dict) with C encoders.
+def _too_deep(what: str) -> TypeError:
+    return TypeError("%s nest more than %d levels deep, which the journal's readers refuse; "
+                     "flatten them" % (what, _MAX_DEPTH))
 
-    ``JSONEncoder.encode`` builds a new C encoder on every call, which is a
-    third of the cost of ``delay()``.  Flat values (no containers inside, the
-    common case) go through one encoder built here; it keeps no table of the
-    containers it is inside, so threads can share it, and no cycle can
-    reach it.  Nested values get a fresh encoder with such a table, so a
-    cycle raises at once as ``_encode`` would.  Where the C accelerator is
-    missing or behaves differently, ``_encode`` serves.
+
+def _line(record: dict) -> bytes:
+    """One journal line for ``record``; TypeError names a value that is not JSON."""
+    try:
+        text = _encode(record)
+    except (TypeError, ValueError) as exc:
+        raise TypeError("task arguments and results must be JSON (str, int, float, bool, None, "
+                        "list, dict): %s" % exc) from None
+    except RecursionError:
+        raise _too_deep("task arguments or results") from None
+    return (text + "\n").encode("utf-8")
+
+
+def _value_encoder() -> Callable[[Any], str]:
+    """Encode argument values (an args tuple or a kwargs dict) as ``_line`` would, fast.
+
+    ``JSONEncoder.encode`` builds a C encoder on every call, a third of the
+    cost of ``delay()``.  Flat values (no container inside: the common case)
+    go through one encoder built here, which keeps no table of the
+    containers it is in, so threads can share it and no cycle can reach it;
+    nested values get a fresh encoder with such a table (a cycle raises, as
+    in ``_line``), after a depth check.  Where the C accelerator is missing
+    or behaves differently, ``_encode`` serves.
     """
     make = getattr(json.encoder, "c_make_encoder", None)
     try:
@@ -587,9 +787,9 @@ def _value_encoder() -> Callable[[Any], str]:
         flat = new(None)
         if "".join(flat([1, 2.5, "\u00e9", None], 0)) != '[1,2.5,"\u00e9",null]' \
                 or "".join(new({})({"a": [True]}, 0)) != '{"a":[true]}':
-            return _encode
+            return _checked(_encode)
     except Exception:
-        return _encode
+        return _checked(_encode)
     atoms = frozenset((str, int, float, bool, type(None)))
 
     def encode(values: Any) -> str:
@@ -601,42 +801,849 @@ def _value_encoder() -> Callable[[Any], str]:
                 return "[%s]" % _json_str(values[0])
         for v in values.values() if values.__class__ is dict else values:
             if v.__class__ not in atoms:
+                if _depth(values, _MAX_DEPTH):
+                    raise _too_deep("task arguments")
                 return "".join(new({})(values, 0))
         return "".join(flat(values, 0))
 
     return encode
 
 
+def _checked(encode: Callable[[Any], str]) -> Callable[[Any], str]:
+    def checked(values: Any) -> str:
+        if _depth(values, _MAX_DEPTH):
+            raise _too_deep("task arguments")
+        return encode(values)
+    return checked
+
+
 _json_values = _value_encoder()
-_json_str = json.encoder.encode_basestring
-_INF = math.inf
-
-
 _OWNER_ADD = '{"op":"add","id":'
-_PRODUCER_ADD = _MARK.decode("ascii") + '"op":"add","id":'
+_PRODUCER_ADD = '{"p":1,"op":"add","id":'
 
 
-def _add_line(head: str, tid: str, task: Task, due: float, args: tuple, kwargs: dict) -> bytes:
-    """An ``add`` record: the bytes ``_line`` gives, built from parts (the hot path).
+def _add_part(name: str) -> str:
+    """A task's own part of its add lines, encoded once when it is registered."""
+    return ',"task":%s,"due":' % _json_str(name)
 
-    ``head`` is ``_OWNER_ADD``, or ``_PRODUCER_ADD`` for a producer's line.
+
+def _add_line(head: str, tid: str, part: str, name: str, due: float, args: tuple,
+              kwargs: dict) -> bytes:
+    """An ``add`` line: the bytes ``_line`` gives for the record, built from parts.
+
+    The hot path of ``delay()``.  ``head`` is ``_OWNER_ADD`` or
+    ``_PRODUCER_ADD``; ``part`` is ``_add_part(name)``.  Anything unusual
+    (a due that is not a finite float, a value the fast encoder refuses)
+    goes to ``_line``, which has the last word and the error messages.
     """
     if due.__class__ is float and -_INF < due < _INF:
         try:
-            return (f"{head}{_json_str(tid)}{task.json_task}{due!r},"
+            return (f"{head}{_json_str(tid)}{part}{due!r},"
                     f'"args":{_json_values(args) if args else "[]"},'
                     f'"kwargs":{_json_values(kwargs) if kwargs else "{}"}}}\n').encode()
         except (TypeError, ValueError):
-            pass  # _line raises the error that names the value
-    record = {"op": "add", "id": tid, "task": task.name, "due": due, "args": args, "kwargs": kwargs}
+            pass
+    record = {"op": "add", "id": tid, "task": name, "due": due, "args": args, "kwargs": kwargs}
     return _line(record if head == _OWNER_ADD else dict(p=1, **record))
 
 
-def _unwritten(lost: OSError) -> OSError:
-    """The error for a deferred line whose write failed: it never reached the file."""
-    exc = OSError(lost.errno, lost.strerror)
-    exc.unwritten = True
-    return exc
+def _done_line(tid: str) -> bytes:
+    """A plain ``done`` line, as ``_line`` spells it."""
+    return b'{"op":"done","id":' + _json_str(tid).encode("utf-8") + b"}\n"
+
+
+# The lines written most, read without the JSON parser: an add (an owner's or
+# a producer's) with nothing but its five fields, and a plain done.  A JSON
+# string here has no escapes and no control characters, and a number is JSON's,
+# so each part means what it means to a JSON parser.  An add's args and kwargs
+# are left to the JSON scanner: one group with one place to end, so a line costs
+# one pass whatever it holds.  Every other line matches the last branch and is
+# read by the JSON parser.
+_STR = r'"([^"\\\x00-\x1f]*)"'
+_ROW = re.compile(
+    r'(?:\{"p":1,|\{)"op":"add","id":%s,"task":%s,'
+    r'"due":(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?),'
+    r'"args":(\[[^\n]*)\}\n'
+    r'|\{"op":"done","id":"([^"\\\x00-\x1f]+)"\}\n'
+    r'|([^\n]*)\n' % (_STR, _STR))
+_NO_KWARGS = ',"kwargs":{}'
+_scan_json = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
+_BAD_JSON = (ValueError, StopIteration, RecursionError)
+
+
+def _read_rows(chunk: str) -> list:
+    """The rows of the whole lines ``chunk``, one a line, up to the first that is not JSON.
+
+    A row is a ``_Rec`` for a plain add, the 1-tuple of its id for a plain
+    done, and otherwise the line's JSON value (which ``_Table.apply_rows``
+    checks).  Fewer rows than lines means the next line is not one JSON
+    value.  The fast rows are exactly what the JSON parser and ``add`` or
+    ``done`` would make of the same line (tests check this).
+    """
+    rows: list = []
+    append, scan, intern, lines = rows.append, _scan_json, sys.intern, None
+    rec_of, inf, no_kwargs, plain = _Rec, _INF, _NO_KWARGS, len(_NO_KWARGS)
+    for tid, name, due, tail, done, other in _ROW.findall(chunk):
+        if tail:  # '[args],"kwargs":{kwargs}'
+            try:
+                args, stop = scan(tail, 0)
+                due = float(due)
+                if stop + plain == len(tail) and tail.endswith(no_kwargs):
+                    if -inf < due < inf:
+                        append(rec_of(tid, intern(name), args, due))
+                        continue
+                elif tail.startswith(',"kwargs":', stop):
+                    kwargs, stop = scan(tail, stop + 10)
+                    if stop == len(tail) and kwargs.__class__ is dict and -inf < due < inf:
+                        rec = rec_of(tid, intern(name), args, due)
+                        if kwargs:
+                            rec.set(kwargs)
+                        append(rec)
+                        continue
+            except _BAD_JSON:
+                pass
+            if lines is None:  # not as _ROW read it: the JSON parser has the last word
+                lines = chunk.split("\n")
+            other = lines[len(rows)]
+        elif done:
+            append((done,))
+            continue
+        try:
+            value, stop = scan(other, 0)
+        except _BAD_JSON:
+            stop = -1
+        if stop != len(other):
+            try:
+                value = json.loads(other)  # white space around one value, or not JSON at all
+            except _BAD_JSON:
+                return rows
+        append(value)
+    return rows
+
+
+def _decode(data: bytes) -> tuple:
+    """Whole journal lines as text, and ``{index: raw bytes}`` of the lines that are not UTF-8.
+
+    A line that is not UTF-8 becomes an empty line, which no reader takes
+    for a record; the journal is UTF-8 only.
+    """
+    try:
+        return str(memoryview(data), "utf-8"), None
+    except UnicodeDecodeError:
+        pass
+    raws = bytes(data).split(b"\n")
+    raws.pop()
+    bad = {}
+    out = []
+    for i, raw in enumerate(raws):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            bad[i] = raw
+            out.append("")
+        out.append("\n")
+    return "".join(out), bad
+
+
+def _check_header(line: bytes, path: str) -> None:
+    """Raise JournalCorrupt unless ``line`` (the first, newline included) is wheelq's header."""
+    try:
+        head = json.loads(line)
+    except ValueError:
+        head = None
+    if not isinstance(head, dict) or "wheelq" not in head:
+        raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
+    if head["wheelq"] != 1:
+        raise JournalCorrupt(path, 1, "written by another version of wheelq (format %r); use "
+                             "that version" % (head["wheelq"],))
+
+
+# -- the ops: each described once ----------------------------------------------------
+
+
+class _BadRecord(Exception):
+    """A value, at ``index`` of its rows, that is not a wheelq record."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(index, reason)
+        self.index = index
+        self.reason = reason
+
+
+def _f_text(v: Any) -> str:
+    if v.__class__ is not str:
+        raise TypeError("must be a string, not %s" % type(v).__name__)
+    return v
+
+
+def _f_id(v: Any) -> str:
+    if v.__class__ is not str:
+        raise TypeError("must be a string, not %s" % type(v).__name__)
+    return v
+
+
+def _f_time(v: Any) -> float:
+    if v.__class__ is not float:
+        if v.__class__ is not int:
+            raise TypeError("must be a number of seconds, not %s" % type(v).__name__)
+        try:
+            v = float(v)
+        except OverflowError:  # an int beyond any float
+            v = _INF
+    if not -_INF < v < _INF:
+        raise ValueError("must be a finite number of seconds")
+    return v
+
+
+def _f_count(v: Any) -> int:
+    if v.__class__ is not int or v < 0:
+        raise TypeError("must be a whole number >= 0, not %r" % (v,))
+    return v
+
+
+def _f_error(v: Any) -> str | None:
+    if v is not None and v.__class__ is not str:
+        raise TypeError("must be a string or null, not %s" % type(v).__name__)
+    return v
+
+
+def _f_list(v: Any) -> list:
+    if v.__class__ is not list:
+        raise TypeError("must be a list, not %s" % type(v).__name__)
+    return v
+
+
+def _f_object(v: Any) -> dict:
+    if v.__class__ is not dict:
+        raise TypeError("must be an object, not %s" % type(v).__name__)
+    return v
+
+
+def _f_ids(v: Any) -> list:
+    if v.__class__ is not list or not all(x.__class__ is str for x in v):
+        raise TypeError("must be a list of ids")
+    return v
+
+
+def _f_any(v: Any) -> Any:
+    return v
+
+
+# Every op: its required and optional fields (name -> reader), and what
+# compaction keeps of it.  _Table has a method of the op's name that applies it;
+# _line writes it (add and done also have fast paths above); _Table.snapshot
+# writes what compaction keeps.  "p": 1 marks a line a producer wrote and is
+# ignored, as is any field not listed here.
+_OPS: dict = {
+    # a new task, pending at due (a schedule's run carries sched/spec/tz).
+    # Kept: one add per live task, with its tries, error and crashes.
+    "add": ({"id": _f_id, "task": _f_text, "due": _f_time, "args": _f_list, "kwargs": _f_object},
+            {"tries": _f_count, "error": _f_error, "crashes": _f_count, "sched": _f_text,
+             "spec": _f_text, "tz": _f_text}),
+    # the owner began running these tasks (one line a batch).  Kept: for a running task.
+    "start": ({"ids": _f_ids}, {}),
+    # the task returned; its result is kept until expires (epoch seconds).
+    # Kept: while the result is kept; and, with sched, as a schedule's cursor.
+    # (error: the result could not be kept, being no JSON value).
+    "done": ({"id": _f_id}, {"result": _f_any, "expires": _f_time, "error": _f_error,
+                             "sched": _f_text}),
+    # the task is pending again at due: a failed try, a run that a crash cut
+    # short (with crashes), or one that never began because the wheel stopped.
+    # Kept: folded into the task's add.
+    "retry": ({"id": _f_id, "due": _f_time, "tries": _f_count}, {"error": _f_error, "crashes": _f_count}),
+    # the task is a dead letter.  Kept: after the dead letter's add.
+    "fail": ({"id": _f_id, "tries": _f_count}, {"error": _f_error, "crashes": _f_count}),
+    # a pending or queued task will not run.  Kept: nothing.
+    "cancel": ({"id": _f_id}, {}),
+    # a dead letter is pending again at due, with all its tries.  Kept: folded into the add.
+    "requeue": ({"id": _f_id, "due": _f_time}, {}),
+    # a dead letter is deleted.  Kept: nothing.
+    "purge": ({"id": _f_id}, {}),
+    # a pending task moves to due.  Kept: folded into the add.
+    "reschedule": ({"id": _f_id, "due": _f_time}, {}),
+    # a schedule stops making runs, or starts again.  Kept: a pause while it holds.
+    "pause": ({"sched": _f_text}, {}),
+    "resume": ({"sched": _f_text}, {}),
+}
+
+
+def _fields(obj: Any) -> tuple:
+    """The op of a record and its fields, checked; raises naming what is wrong."""
+    if obj.__class__ is not dict:
+        raise TypeError("a record is a JSON object, not %s" % type(obj).__name__)
+    op = obj.get("op")
+    spec = _OPS.get(op) if op.__class__ is str else None
+    if spec is None:
+        raise ValueError("unknown op %r" % (op,))
+    required, optional = spec
+    out = {}
+    for name, read in required.items():
+        if name not in obj:
+            raise KeyError("%s has no %r" % (op, name))
+        try:
+            out[name] = read(obj[name])
+        except (TypeError, ValueError) as exc:
+            raise type(exc)("%r %s" % (name, exc)) from None
+    for name, read in optional.items():
+        if name in obj:
+            try:
+                out[name] = read(obj[name])
+            except (TypeError, ValueError) as exc:
+                raise type(exc)("%r %s" % (name, exc)) from None
+    return op, out
+
+
+def _reason(exc: BaseException) -> str:
+    return "not a wheelq record (%s: %s)" % (type(exc).__name__, exc)
+
+
+# -- the table ----------------------------------------------------------------------------
+
+
+class _Cursor:
+    """What the journal says of one schedule: its latest run, its last finished one, a pause."""
+
+    __slots__ = ("cursor", "last", "run", "paused")
+
+    def __init__(self):
+        self.cursor = None  # the nominal time of its latest run in the journal
+        self.last = None  # the nominal time of its latest finished run
+        self.run = None  # the id of its live run, if any
+        self.paused = False
+
+
+def _nominal(tid: str) -> float | None:
+    """The nominal time in a schedule run's id (``name@2026-12-04T10:05:00Z``)."""
+    try:
+        return _parse_iso_utc(tid.rpartition("@")[2])
+    except ValueError:
+        return None
+
+
+class _Table:
+    """Every live task and where it stands; the one place where a task changes state.
+
+    A live task is in ``tasks`` and in exactly one place: the ring (pending,
+    when the table has a ring), ``queued``, ``running``, ``failed``, or none
+    of these (pending outside a ring: in a producer's view, during a replay,
+    or held a moment by a change being written).  Counts are the sizes of
+    these.  Each journal op is a method of the op's name; replay, the
+    owner's reading of other processes' lines, a producer's view, the
+    owner's own changes and the command line all apply ops through them.
+
+    ``counting`` (on in a live owner, off in a replay) counts the events
+    ``stats()`` reports.  Callers hold the wheel's state lock.
+    """
+
+    def __init__(self, ring: _Ring | None = None, tick_of: Callable[[float], int] | None = None):
+        self.ring = ring
+        self.tick_of = tick_of
+        self.tasks: dict = {}
+        self.queued: dict = {}
+        self.running: dict = {}
+        self.failed: dict = {}
+        self.finished: dict = {}  # id -> final state, of recent tasks
+        self.results: dict = {}  # id -> (rec, value, expires, error): kept results
+        self.expiring: list = []  # heap of (expires, id)
+        self.cursors: dict = {}  # schedule name -> _Cursor
+        self.events = dict.fromkeys(("done", "failed", "retried", "cancelled"), 0)
+        self.counting = False
+
+    # -- where a task stands ----------------------------------------------------------
+
+    def state(self, rec: _Rec) -> str:
+        tid = rec.id
+        if rec.at is not None:
+            return PENDING
+        if tid in self.queued:
+            return QUEUED
+        if tid in self.running:
+            return RUNNING
+        if tid in self.failed:
+            return FAILED
+        return PENDING
+
+    def status(self, tid: str) -> str:
+        rec = self.tasks.get(tid)
+        if rec is not None:
+            return self.state(rec)
+        if tid in self.results:
+            return DONE
+        return self.finished.get(tid, UNKNOWN)
+
+    def counts(self) -> dict:
+        queued, running, failed = len(self.queued), len(self.running), len(self.failed)
+        return {"pending": len(self.tasks) - queued - running - failed, "queued": queued,
+                "running": running, **self.events}
+
+    def _place(self, rec: _Rec) -> None:
+        """Make ``rec`` pending: in the ring, where the table has one."""
+        if self.ring is not None:
+            self.ring.add(rec, self.tick_of(rec.due))
+
+    def _lift(self, rec: _Rec) -> str:
+        """Take ``rec`` out of wherever it stands; return that state."""
+        if rec.at is not None:
+            self.ring.remove(rec)
+            return PENDING
+        tid = rec.id
+        if self.queued.pop(tid, None) is not None:
+            return QUEUED
+        if self.running.pop(tid, None) is not None:
+            return RUNNING
+        if self.failed.pop(tid, None) is not None:
+            return FAILED
+        return PENDING
+
+    def _end(self, rec: _Rec, final: str) -> None:
+        """``rec`` is finished: forget it, remembering its final state for a while."""
+        self._lift(rec)
+        tid = rec.id
+        del self.tasks[tid]
+        finished = self.finished
+        finished[tid] = final
+        if len(finished) > 2 * _FINISHED_MEMORY:
+            # Drop the older half at once (a dict deleted from one at a time scans
+            # the holes its deletions leave at the front).
+            self.finished = dict(itertools.islice(finished.items(), _FINISHED_MEMORY, None))
+        sched = rec.sched
+        if sched is not None:
+            cur = self.cursors.get(sched[0])
+            if cur is not None and cur.run == tid:
+                cur.run = None
+                if final == DONE:
+                    cur.last = _nominal(tid)
+
+    def _count(self, event: str) -> None:
+        if self.counting:
+            self.events[event] += 1
+
+    # -- the ops -----------------------------------------------------------------------
+
+    def add(self, rec: _Rec, place: bool = True) -> _Rec:
+        """A new task, pending; an id that is live keeps its task.  Returns the live one.
+
+        ``place=False`` holds it out of the ring (until ``release``).
+        """
+        live = self.tasks.setdefault(rec.id, rec)
+        if live is not rec:
+            return live
+        ring = self.ring
+        if ring is not None and place:
+            ring.add(rec, self.tick_of(rec.due))
+        body = rec.body
+        if body.__class__ is _Extra and body.sched is not None:
+            self._note_run(rec)
+        return rec
+
+    def _note_run(self, rec: _Rec) -> None:
+        cur = self.cursors.get(rec.sched[0])
+        if cur is None:
+            cur = self.cursors[rec.sched[0]] = _Cursor()
+        nominal = _nominal(rec.id)
+        if nominal is not None and (cur.cursor is None or nominal > cur.cursor):
+            cur.cursor = nominal
+        cur.run = rec.id
+
+    def start(self, ids: list) -> list:
+        """These tasks began running; returns those that were pending or queued."""
+        began = []
+        tasks, running = self.tasks, self.running
+        for tid in ids:
+            rec = tasks.get(tid)
+            if rec is None or tid in running or tid in self.failed:
+                continue
+            self._lift(rec)
+            running[tid] = rec
+            began.append(rec)
+        return began
+
+    def done(self, id: str, result: Any = None, expires: float | None = None,
+             error: str | None = None, sched: str | None = None) -> None:
+        rec = self.tasks.get(id)
+        if rec is None:
+            if sched is not None:  # compaction's record of a schedule's latest finished run
+                cur = self.cursors.setdefault(sched, _Cursor())
+                nominal = _nominal(id)
+                if nominal is not None:
+                    cur.cursor = nominal if cur.cursor is None else max(cur.cursor, nominal)
+                    cur.last = nominal if cur.last is None else max(cur.last, nominal)
+            return
+        self._end(rec, DONE)
+        self._count("done")
+        if expires is not None:
+            self.results[id] = (rec, result, expires, error)
+            heapq.heappush(self.expiring, (expires, id))
+
+    def retry(self, id: str, due: float, tries: int, error: str | None = None,
+              crashes: int | None = None) -> None:
+        rec = self.tasks.get(id)
+        if rec is None:
+            return
+        self._lift(rec)
+        rec.outcome(tries, error, crashes)
+        rec.due = due
+        self._place(rec)
+        if crashes is None:
+            self._count("retried")
+
+    def fail(self, id: str, tries: int, error: str | None = None, crashes: int | None = None) -> None:
+        rec = self.tasks.get(id)
+        if rec is None:
+            return
+        self._lift(rec)
+        rec.outcome(tries, error, crashes)
+        self.failed[id] = rec
+        self._count("failed")
+        sched = rec.sched
+        if sched is not None:
+            cur = self.cursors.get(sched[0])
+            if cur is not None and cur.run == id:
+                cur.run = None
+                cur.last = _nominal(id)
+
+    def cancel(self, id: str) -> bool:
+        rec = self.tasks.get(id)
+        if rec is None or self.state(rec) not in (PENDING, QUEUED):
+            return False
+        self._end(rec, CANCELLED)
+        self._count("cancelled")
+        return True
+
+    def requeue(self, id: str, due: float) -> bool:
+        rec = self.failed.pop(id, None)
+        if rec is None:
+            return False
+        rec.outcome(0, None, None)
+        rec.due = due
+        self._place(rec)
+        return True
+
+    def purge(self, id: str) -> bool:
+        rec = self.failed.get(id)
+        if rec is None:
+            return False
+        self._end(rec, CANCELLED)
+        return True
+
+    def reschedule(self, id: str, due: float) -> bool:
+        rec = self.tasks.get(id)
+        if rec is None or self.state(rec) != PENDING:
+            return False
+        self._lift(rec)
+        rec.due = due
+        self._place(rec)
+        return True
+
+    def pause(self, sched: str) -> None:
+        self.cursors.setdefault(sched, _Cursor()).paused = True
+
+    def resume(self, sched: str) -> None:
+        self.cursors.setdefault(sched, _Cursor()).paused = False
+
+    # -- applying what a reader read ----------------------------------------------------
+
+    def apply(self, obj: Any) -> None:
+        """Apply one record (a JSON value); raises naming what is not a wheelq record."""
+        op, fields = _fields(obj)
+        if op == "add":
+            rec = _Rec(fields["id"], sys.intern(fields["task"]), fields["args"], fields["due"])
+            sched = fields.get("sched")
+            rec.set(fields["kwargs"], fields.get("tries", 0), fields.get("error"),
+                    fields.get("crashes"),
+                    None if sched is None else (sched, fields.get("spec"), fields.get("tz")))
+            self.add(rec)
+        else:
+            getattr(self, op)(**fields)
+
+    def apply_rows(self, rows: list, first: int = 0) -> None:
+        """Apply ``rows`` of ``_read_rows`` from index ``first``; ``_BadRecord`` names a bad one."""
+        add, done, apply = self.add, self.done, self.apply
+        i = first
+        try:
+            for i in range(first, len(rows)):
+                row = rows[i]
+                cls = row.__class__
+                if cls is _Rec:
+                    add(row)
+                elif cls is tuple:
+                    done(row[0])
+                else:
+                    apply(row)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise _BadRecord(i, _reason(exc)) from None
+
+    def read(self, text: str, lineno: int, on_bad: Callable, raws: dict | None = None) -> None:
+        """Apply the whole lines ``text``; the first is line ``lineno + 1``.
+
+        The one reader of journal text: replay, the owner's reading of
+        others' lines, a producer's view and ``check`` all come here.  A line
+        that is not a record goes to ``on_bad(lineno, reason, raw, last)``
+        (``last``: it ends ``text``), which raises to stop or returns to skip
+        the line and go on.  ``raws`` maps the index (from 0) of a line that
+        was not UTF-8 to its bytes.
+        """
+        pos, end, before = 0, len(text), lineno
+        while pos < end:
+            stop = text.find("\n", min(pos + _READ_CHUNK, end) - 1) + 1  # whole lines
+            chunk = text[pos:stop]
+            rows = _read_rows(chunk)
+            count = chunk.count("\n")
+            i = 0
+            while True:
+                try:
+                    self.apply_rows(rows, i)
+                    break
+                except _BadRecord as bad:
+                    n = before + bad.index + 1
+                    on_bad(n, bad.reason, _raw(chunk, bad.index, raws, n - lineno - 1),
+                           stop == end and bad.index == count - 1)
+                    i = bad.index + 1
+            if len(rows) < count:  # line j of the chunk is not one JSON value
+                j = len(rows)
+                n = before + j + 1
+                raw = _raw(chunk, j, raws, n - lineno - 1)
+                on_bad(n, "unreadable JSON (not UTF-8)" if raws and (n - lineno - 1) in raws
+                       else "unreadable JSON", raw, stop == end and j == count - 1)
+                skip = 0
+                for _ in range(j + 1):  # go on after line j
+                    skip = chunk.index("\n", skip) + 1
+                pos += skip
+                before += j + 1
+                continue
+            pos = stop
+            before += count
+
+    # -- the owner's own steps, not journaled as such ------------------------------------
+
+    def due(self, to: int) -> list:
+        """The tasks of the ticks up to ``to``, now queued."""
+        recs = self.ring.advance(to)
+        queued = self.queued
+        for rec in recs:
+            queued[rec.id] = rec
+        return recs
+
+    def due_early(self, k: int, now: float) -> list:
+        """Eager mode: the tasks waiting for tick ``k`` that are due by ``now``, now queued."""
+        recs = self.ring.take_early(k, lambda rec: rec.due <= now)
+        for rec in recs:
+            self.queued[rec.id] = rec
+        return recs
+
+    def unqueue(self, recs: Iterable) -> None:
+        """Queued tasks that will not start: pending again."""
+        for rec in recs:
+            if self.queued.pop(rec.id, None) is rec:
+                self._place(rec)
+
+    def back(self, recs: Iterable) -> None:
+        """Tasks that began but did not run (the wheel stops): pending again."""
+        for rec in recs:
+            if self.running.pop(rec.id, None) is rec:
+                self._place(rec)
+
+    def hold(self, rec: _Rec) -> bool:
+        """Keep a pending task out of the ring while a change to it is written."""
+        return self.ring is not None and self.ring.remove(rec)
+
+    def release(self, rec: _Rec) -> None:
+        """Put a held task back, if it is still live and pending."""
+        if self.tasks.get(rec.id) is rec and rec.at is None and self.state(rec) == PENDING:
+            self._place(rec)
+
+    def forget(self, rec: _Rec) -> None:
+        """A task whose add never reached the journal: as if it had never been."""
+        if self.tasks.get(rec.id) is rec:
+            self._lift(rec)
+            del self.tasks[rec.id]
+
+    def expire(self, now: float) -> None:
+        """Drop the results that expired by ``now``."""
+        heap, results = self.expiring, self.results
+        while heap and heap[0][0] <= now:
+            expires, tid = heapq.heappop(heap)
+            kept = results.get(tid)
+            if kept is not None and kept[2] == expires:
+                del results[tid]
+                self.finished[tid] = DONE
+
+    def result(self, tid: str, now: float) -> tuple | None:
+        """``(rec, value, expires, error)`` of a kept, unexpired result, else None."""
+        kept = self.results.get(tid)
+        if kept is None or kept[2] <= now:
+            return None
+        return kept
+
+    # -- compaction ----------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> list:
+        """Lines that replay to this state: what compaction keeps of every op."""
+        lines = []
+        for rec in sorted(self.tasks.values(), key=_by_due):
+            lines.append(_line(self._add_record(rec)))
+            state = self.state(rec)
+            if state == RUNNING:
+                lines.append(_line({"op": "start", "ids": [rec.id]}))
+            elif state == FAILED:
+                fail = {"op": "fail", "id": rec.id, "tries": rec.tries, "error": rec.error}
+                if rec.crashes is not None:
+                    fail["crashes"] = rec.crashes
+                lines.append(_line(fail))
+        for tid, (rec, value, expires, error) in self.results.items():
+            if expires > now and tid not in self.tasks:  # a live task of that id wins
+                lines.append(_line(self._add_record(rec)))
+                done = {"op": "done", "id": tid, "result": value, "expires": expires}
+                if error is not None:
+                    done = {"op": "done", "id": tid, "expires": expires, "error": error}
+                lines.append(_line(done))
+        for name, cur in self.cursors.items():
+            if cur.paused:
+                lines.append(_line({"op": "pause", "sched": name}))
+            if cur.run is None and cur.cursor is not None:
+                lines.append(_line({"op": "done", "id": "%s@%s" % (name, _iso_utc(cur.cursor)),
+                                    "sched": name}))
+        return lines
+
+    @staticmethod
+    def _add_record(rec: _Rec) -> dict:
+        add = {"op": "add", "id": rec.id, "task": rec.name, "due": rec.due, "args": rec.args,
+               "kwargs": rec.kwargs or {}}
+        if rec.tries:
+            add["tries"] = rec.tries
+        if rec.error is not None:
+            add["error"] = rec.error
+        if rec.crashes is not None:
+            add["crashes"] = rec.crashes
+        if rec.sched is not None:
+            add["sched"], spec, tz = rec.sched
+            if spec is not None:
+                add["spec"] = spec
+            if tz is not None:
+                add["tz"] = tz
+        return add
+
+
+_READ_CHUNK = 1 << 18  # characters a reader takes at a time (a few thousand lines)
+
+
+def _raw(chunk: str, j: int, raws: dict | None, index: int) -> bytes:
+    """The bytes of line ``j`` of ``chunk`` (line ``index`` of the text), for messages."""
+    if raws and index in raws:
+        return raws[index]
+    return chunk.split("\n", j + 1)[j].encode("utf-8")
+
+
+def _by_due(rec: _Rec) -> float:
+    return rec.due
+
+
+# --------------------------------------------------------------------------
+# Stores: where records are kept
+# --------------------------------------------------------------------------
+#
+# The wheel keeps its records through a store, which it knows only by this
+# interface (the Redis store of wheelq_redis.py implements it too):
+#
+#   name, durable      the path or URL for messages; False for the in-memory store
+#   lock               a threading.Lock the wheel holds around an append and the
+#                      change of state it journals, so changes apply in file order
+#   deliver            set by the owner: deliver(text, lineno, raws) takes the lines
+#                      other processes appended, in order (lineno: the line before)
+#   skew               seconds to add to this host's clock (a server's time); 0 here
+#   records()          how many records the journal holds (the owner's count), for
+#                      the rule of when to compact
+#   open()             first use: create the journal or check that it is one
+#   append(data, build=None, lines=0) -> seq
+#                      (holding lock) append whole lines.  First the lines others
+#                      appended go to ``deliver`` (owner), so the state they make
+#                      is in place; with ``build``, data = build() is made after that
+#                      and may be b"" (nothing to write).  ``seq`` is for commit().
+#   defer(data) -> seq (holding lock) owner, fsync="always": the next commit writes it
+#   commit(seq), sync()  make a write durable (group commit) / everything written so far
+#   load(read)         owner: every line from the start, to read(text, lineno, raws,
+#                      ends): ``ends`` says the text ends the journal (no partial line
+#                      after it); read raises _Torn for a bad last line, which is cut
+#   tail()             owner: deliver what others appended since (once a tick)
+#   view() -> (reset, text, lineno, raws)  lines appended since the last view(),
+#                      for a producer's view; it never takes a lock that append needs
+#   rewrite(snapshot)  owner: replace the journal by snapshot(read), the lines to keep
+#                      (compaction; ``read()`` gives the file's bytes, for repair)
+#   acquire(wait) -> bool, release(), check() -> str | None   the owner lease
+#   after_fork()       in a child process: forget every descriptor; reopen lazily
+#   close()            make everything durable (unless fsync="never") and let go
+
+
+class _Torn(Exception):
+    """Raised by a replay's reader for a bad last line: a write cut short, which the store cuts."""
+
+    def __init__(self, lineno: int):
+        super().__init__(lineno)
+        self.lineno = lineno
+
+
+class _MemoryStore:
+    """Records kept nowhere: ``Wheel()`` with no path, and ``wheel.testing()``."""
+
+    name = "(memory)"
+    durable = False
+    skew = 0.0
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.deliver = None
+
+    def open(self) -> None:
+        pass
+
+    def records(self) -> int:
+        return 0
+
+    def append(self, data: bytes, build: Callable | None = None, lines: int = 0) -> int:
+        if build is not None:
+            build()
+        return 0
+
+    def defer(self, data: bytes) -> int:
+        return 0
+
+    def commit(self, seq: int) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def load(self, read: Callable) -> None:
+        pass
+
+    def tail(self) -> None:
+        pass
+
+    def view(self) -> tuple:
+        return False, "", 0, None
+
+    def rewrite(self, snapshot: Callable) -> int:
+        return len(snapshot(lambda: b""))
+
+    def acquire(self, wait: bool) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+    def check(self) -> str | None:
+        return None
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        pass
+
+
+_GATHER = 0.0005  # seconds an fsync="always" group commit waits for the writers it expects
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _closed_gate() -> Any:
@@ -646,74 +1653,115 @@ def _closed_gate() -> Any:
     return gate
 
 
-class _Journal:
-    """The file: appends, the fsync policy, replay, following the tail, compaction.
+def _unwritten(lost: OSError) -> OSError:
+    """The error for a deferred line whose write failed: it never reached the file."""
+    exc = OSError(lost.errno, lost.strerror)
+    exc.unwritten = True
+    return exc
 
-    ``lock`` serialises this process's use of the file descriptor.  A
-    producer (``shared``) also holds ``flock`` on the journal around each
-    append; the owner does not, because it is the only one that compacts.
-    ``path is None`` makes an in-memory journal whose writes go nowhere.
+
+class _FileStore:
+    """A journal file: a JSON Lines file with a header, appended to by several processes.
+
+    Every append, the owner's included, holds ``flock`` on the journal, so a
+    line that does not end a file under the flock was left by a writer that
+    died: the appender cuts it first and never glues a line onto it.  The
+    owner also reads, under that flock, the lines others appended since its
+    last append and hands them to ``deliver`` before it writes, so its state
+    always is the state of the file up to its own line.  ``_end`` is where the
+    bytes this process has accounted for end (its own lines and, for the
+    owner, those it has read), and ``_lineno`` how many lines they are.
+
+    The owner lock is a ``flock`` on ``<path>.lock`` holding the owner's pid.
     """
 
+    durable = True
+    skew = 0.0
     _fsync = staticmethod(os.fsync)  # a seam for fault-injection tests
 
-    def __init__(self, path: str | None, fsync: str):
-        self.path = path
+    def __init__(self, path: str, fsync: str):
+        self.name = self.path = path
         self.mode = fsync
         self.lock = threading.Lock()
+        self.deliver: Callable | None = None
         self.fd: int | None = None
-        self.shared = True
-        self.offset = 0  # bytes of the file read so far (whole lines only)
-        self.lineno = 0  # lines read so far; the header is line 1
-        self.generation = 0  # bumped when the file is replaced under us
-        self._size = 0  # the file's size when flock was last taken
-        self._end = -1  # owner: where its last append ended (-1: unknown)
-        # Group commit.  _sync guards the fields below and is only ever held
-        # briefly.  While an fsync runs, _fsyncing is a gate (a lock held
-        # closed) that its thread opens when it is done; writers wait on it,
-        # each passing it on to the next as it goes through, and then look
-        # again whether _synced reached their write.  The owner's adds under
-        # fsync="always" are deferred: the thread about to fsync writes them
-        # first.  Under fsync="always" that thread may first wait on the
-        # _gathering gate, for at most _GATHER seconds, until as many writes as
-        # its last fsync carried are in (_want): the writer that brings them
-        # in opens it.  Gates, not Conditions: a woken writer then takes no
-        # shared lock to get going, and with a dozen threads each handing the
-        # GIL to the next that is much of a group's time.
+        self.closed = False
+        self._end = -1  # -1: nothing accounted for yet
+        self._lineno = 0
+        self._lock_fd: int | None = None
+        self._view = None  # (fd, inode, offset, lineno) of a producer's view
+        self.reopened = 0  # times an append found the file replaced (compacted) and reopened it
+        self._new_commits()
+
+    def _new_commits(self) -> None:
+        # Group commit.  Invariant: a write with sequence s is durable once
+        # ``_synced >= s``; sequences are handed out in file order (under
+        # ``lock``), and every sequence up to ``_appended`` is in the file or in
+        # ``_lost``.  One thread at a time fsyncs (it holds the ``_fsyncing``
+        # gate); before its fsync it writes the deferred lines (one write for
+        # the group) and notes ``target = _appended``; after it, ``_synced =
+        # target``, and it opens the gate.  Others wait on the gate, each
+        # passing it on, and look again.  Under fsync="always", the thread
+        # about to fsync may first wait on ``_gathering`` (at most _GATHER s)
+        # until as many writes as its last fsync carried are in: the writer that
+        # brings them in opens it.  ``_sync`` guards these fields, briefly.
         self._sync = threading.Lock()
         self._fsyncing: Any = None
         self._gathering: Any = None
         self._written = 0
+        self._appended = 0
         self._synced = 0
-        self._group = 1  # writes the last fsync made durable
-        self._want = 0  # the _written that ends a gathering (0: nobody gathers)
-        self._deferred: list[bytes] = []  # owner, fsync="always": lines the next commit writes
-        self._appended = 0  # every sequence up to this one is in the file (or lost)
-        self._lost: dict[int, OSError] = {}  # sequences whose deferred write failed
+        self._group = 1
+        self._want = 0
+        self._deferred: list = []
+        self._lost: dict = {}
 
-    # -- opening -----------------------------------------------------------
+    # -- opening -------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (creating with mode 0600 and a header) the journal file."""
-        if self.path is None or self.fd is not None:
+        """Open the journal, creating it (mode 0600, with its header) if missing or empty.
+
+        Refuses, changing nothing, a file that is not a wheelq journal and a
+        path that is a symlink belonging to another user.
+        """
+        if self.fd is not None:
             return
-        self.fd = self._open_fd()
-        if os.fstat(self.fd).st_size == 0:
-            self._lock_file()
+        if self.closed:
+            raise WheelClosed("the journal %s is closed; build a new Wheel to go on" % self.path)
+        self._refuse_foreign_symlink()
+        fd = self._open_fd()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if self._size == 0:
-                    self._write(_HEADER)
-                    if self.mode != "never":  # a new file: make its name durable too
-                        try:
-                            self._fsync(self.fd)
-                            _fsync_dir(self.path)
-                        except OSError as exc:  # nothing acknowledged rests on it yet
-                            logger.warning("journal %s: fsync after creating it failed: %s", self.path, exc)
+                self._check_or_create(fd)
             finally:
-                self._unlock_file()
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def _refuse_foreign_symlink(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return
+        if not stat.S_ISLNK(st.st_mode):
+            return
+        me = os.geteuid()
+        try:
+            target = os.stat(self.path)
+        except OSError:
+            target = None
+        if st.st_uid not in (me, 0) or (target is not None and target.st_uid != me):
+            owner = st.st_uid if st.st_uid not in (me, 0) else target.st_uid
+            raise WheelqError("journal %s is a symlink to a file of another user (uid %d): wheelq "
+                              "will not write through it, since whoever controls it could point it "
+                              "at another file; give the real path of a journal of your own"
+                              % (self.path, owner))
 
     def _open_fd(self) -> int:
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_CLOEXEC
         try:
             fd = os.open(self.path, flags, 0o600)
         except IsADirectoryError as exc:
@@ -725,76 +1773,209 @@ class _Journal:
             raise _os_error(exc, self.path, "cannot open journal",
                             "the filesystem is read-only: choose a path on a writable one"
                             if exc.errno == errno.EROFS else
-                            "check that the directory exists and is writable") from None
+                            "check that the directory exists and is writable"
+                            if exc.errno in (errno.ENOENT, errno.ENOTDIR) else
+                            _write_advice(exc.errno)) from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OSError(errno.EINVAL, "journal %s is not a regular file; give a file path" % self.path)
         return fd
 
-    def close(self) -> None:
-        """Sync unless fsync is "never", and close the file."""
-        if self.fd is None:
+    def _check_or_create(self, fd: int) -> None:
+        """Holding flock: write the header into an empty file, or check the one there."""
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 4096, 0)
+        if size and _HEADER.startswith(head) and head != _HEADER:
+            return  # a header torn as the file was created: a journal with no tasks (appends mend it)
+        if size == 0:
+            self._write_fd(fd, _HEADER)
+            if self.mode != "never":  # a new file: make its name durable too
+                try:
+                    self._fsync(fd)
+                    _fsync_dir(self.path)
+                except OSError as exc:  # nothing acknowledged rests on it yet
+                    logger.warning("journal %s: fsync after creating it failed: %s", self.path, exc)
             return
+        newline = head.find(b"\n")
+        if newline < 0:
+            raise JournalCorrupt(self.path, 1, 'not a wheelq journal (no {"wheelq": 1} header); '
+                                 "wheelq writes only to its own journals")
+        _check_header(head[:newline + 1], self.path)
+
+    def close(self) -> None:
+        """Sync (unless fsync is "never") and close every descriptor; the caller holds ``lock``."""
+        self.closed = True
         try:
-            self._drain()
-            if self.mode != "never":
-                self.sync()
+            if self.fd is not None:
+                try:
+                    self._drain()
+                    if self.mode != "never":
+                        self.sync()
+                finally:
+                    os.close(self.fd)
+                    self.fd = None
         finally:
-            os.close(self.fd)
-            self.fd = None
+            self._close_view()
+            self.release()
 
-    # -- appending -----------------------------------------------------------
+    def after_fork(self) -> None:
+        """In a child process: forget the parent's descriptors (closing our copies) and locks.
 
-    def _lock_file(self) -> None:
-        """Take flock on the journal, reopening it if compaction replaced it.
-
-        Leaves the file's size in ``_size``.
+        The child shares the parent's open file descriptions, and with them
+        their offsets and flocks; it opens its own at its first use.  Closing
+        the copy of the owner lock drops nothing of the parent's (the lock
+        stays while any descriptor of it is open), so a standby elsewhere can
+        take over once the parent dies.
         """
+        for fd in (self.fd, self._lock_fd, self._view[0] if self._view else None):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.fd = self._lock_fd = self._view = None
+        self.deliver = None
+        self._end, self._lineno = -1, 0
+        self.lock = threading.Lock()
+        self._new_commits()
+
+    def records(self) -> int:
+        return max(0, self._lineno - 1)
+
+    # -- appending ---------------------------------------------------------------------
+
+    def _lock_file(self) -> int:
+        """Take flock on the journal, reopening it if compaction replaced it; return its fd."""
         while True:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-            st = os.fstat(self.fd)
-            self._size = st.st_size
-            if st.st_nlink > 0:
-                return
-            old, self.fd = self.fd, self._open_fd()
-            os.close(old)  # also releases the flock on the replaced file
-            self.offset = self.lineno = 0
-            self.generation += 1
+            fd = self.fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.deliver is not None or os.fstat(fd).st_nlink > 0:
+                return fd  # (the owner is the one that replaces it)
+            new = self._open_fd()  # replaced: the new file is at the path
+            self.fd = new
+            os.close(fd)  # also releases the flock on the replaced file
+            self._end = -1
+            self.reopened += 1
 
-    def _unlock_file(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+    def append(self, data: bytes, build: Callable | None = None, lines: int = 0) -> int:
+        """Append whole lines under flock (see the class); the caller holds ``lock``.
 
-    def write(self, data: bytes) -> int:
-        """Append whole lines; the caller holds ``lock``.  Returns a sync sequence."""
-        if self.fd is None:
-            if self.path is None:
-                return 0
-            raise WheelClosed("the journal %s is closed; build a new Wheel to add tasks" % self.path)
-        if self.shared:
-            self._lock_file()
+        ``lines``: how many lines ``data`` is, when the caller knows (an add
+        is one); else they are counted.
+        """
+        fd = self.fd
+        if fd is not None and build is None and self.deliver is not None and not self._deferred:
+            # The owner's plain append, its hottest path: what follows, inline.
+            flock = fcntl.flock
+            flock(fd, fcntl.LOCK_EX)
             try:
-                self._append_after_whole_line(data)
+                end = os.lseek(fd, 0, os.SEEK_END)
+                if end != self._end:
+                    end = self._others(fd, end)
+                try:
+                    n = os.write(fd, data)
+                except OSError as exc:
+                    raise _os_error(exc, self.path, "cannot append to journal",
+                                    _write_advice(exc.errno) + "; nothing was written") from None
+                if n != len(data):
+                    self._short(fd, n, len(data))
+                self._end = end + n
+                self._lineno += lines or data.count(b"\n")
             finally:
-                self._unlock_file()
-        else:
-            if self._deferred:
-                self._drain()
-            self._append_own(data)
+                flock(fd, fcntl.LOCK_UN)
+            self._written = self._appended = self._written + 1
+            return self._written
+        if fd is None:
+            self.open()
+        if self._deferred:
+            self._drain()
+        fd = self._lock_file()
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end != self._end:
+                end = self._others(fd, end)
+            if build is not None:
+                data = build()
+            if data:
+                self._write_fd(fd, data)
+                self._end = end + len(data)
+                if self.deliver is not None:
+                    self._lineno += data.count(b"\n")
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         self._written = self._appended = self._written + 1
         return self._written
 
-    def defer(self, data: bytes) -> int:
-        """Owner, under fsync="always": leave ``data`` for the next ``commit`` to write.
+    def _others(self, fd: int, end: int) -> int:
+        """Holding flock, the file ends at ``end``, past our last account: see what others did.
 
-        The thread that commits writes every deferred line in one write()
-        before its fsync.  Threads adding side by side then make one system
-        call between them instead of one each, and each call hands the GIL
-        around.  Every other write (compaction and close included) writes the
-        deferred lines first, so the file keeps the order of the sequences.
-        The caller holds ``lock``; ``commit`` raises if the write failed.
+        A last line with no end was torn by a writer that died (every writer
+        holds this flock): cut it.  The owner then reads what others
+        appended and delivers it.  Returns the file's end.
+        """
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            end = self._cut_torn(fd, end)
+        if self.deliver is not None and self._end >= 0 and end > self._end:
+            data = os.pread(fd, end - self._end, self._end)
+            self._deliver(data)
+        self._end = end
+        return end
+
+    def _deliver(self, data: bytes) -> None:
+        text, raws = _decode(data)
+        self.deliver(text, self._lineno, raws)
+        self._lineno += data.count(b"\n")
+
+    def _cut_torn(self, fd: int, size: int) -> int:
+        """Holding flock: cut the file back to its last newline; return the new size."""
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            cut = os.pread(fd, end - start, start).rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        logger.warning("journal %s: cut a torn last line (%d bytes), left by a writer that died; "
+                       "it was never acknowledged", self.path, size - end)
+        os.ftruncate(fd, end)
+        if end == 0:
+            self._write_fd(fd, _HEADER)
+            end = len(_HEADER)
+        return end
+
+    def _write_fd(self, fd: int, data: bytes) -> None:
+        """One write() of whole lines; a short one is cut back, so a failure leaves nothing."""
+        try:
+            n = os.write(fd, data)
+        except OSError as exc:
+            raise _os_error(exc, self.path, "cannot append to journal",
+                            _write_advice(exc.errno) + "; nothing was written") from None
+        if n != len(data):
+            self._short(fd, n, len(data))
+
+    def _short(self, fd: int, n: int, want: int) -> None:
+        """A write that came back short: cut our own partial line (we hold the flock) and raise."""
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            os.ftruncate(fd, end - n)
+        except OSError:
+            pass
+        raise OSError(errno.ENOSPC, "cannot append to journal %s: only %d of %d bytes fit "
+                      "(disk full or file size limit); free space and retry; nothing was written"
+                      % (self.path, n, want))
+
+    def defer(self, data: bytes) -> int:
+        """Owner, fsync="always": leave ``data`` for the next commit, which writes the group.
+
+        Threads adding side by side then make one write between them instead
+        of one each (each call hands the GIL around).  Every other append,
+        compaction and close write the deferred lines first, so the file
+        keeps the order of the sequences.  The caller holds ``lock``;
+        ``commit`` raises if the write failed.
         """
         if self.fd is None:
-            return self.write(data)  # in memory, or closed: as write() says
+            self.open()
         self._deferred.append(data)
         self._written += 1
         return self._written
@@ -805,10 +1986,20 @@ class _Journal:
         if not deferred:
             return
         data = b"".join(deferred)
-        first = self._written - len(deferred) + 1  # sequences are contiguous: see note_foreign_writes
+        first = self._written - len(deferred) + 1  # deferred sequences are the newest ones
         deferred.clear()
         try:
-            self._append_own(data)
+            fd = self._lock_file()
+            try:
+                end = os.lseek(fd, 0, os.SEEK_END)
+                if end != self._end:
+                    end = self._others(fd, end)
+                self._write_fd(fd, data)
+                self._end = end + len(data)
+                if self.deliver is not None:
+                    self._lineno += data.count(b"\n")
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError as exc:
             for seq in range(first, self._written + 1):
                 self._lost[seq] = exc
@@ -827,120 +2018,6 @@ class _Journal:
                 finally:
                     self.lock.release()
                 return
-
-    def _append_own(self, data: bytes) -> None:
-        """Owner: append, never onto a torn line (see ``_owner_mend``)."""
-        end = os.lseek(self.fd, 0, os.SEEK_END)  # cheaper than fstat on this path
-        if end != self._end:
-            end = self._owner_mend(end)
-        self._write(data)
-        self._end = end + len(data)
-
-    def write_locked(self, data: bytes) -> int:
-        """Like ``write`` for a producer that already holds the flock."""
-        self._append_after_whole_line(data)
-        self._written = self._appended = self._written + 1
-        return self._written
-
-    def _append_after_whole_line(self, data: bytes) -> None:
-        """Producer, holding flock: append, but never onto a torn last line.
-
-        A line glued onto a torn one would be cut with it at the next replay,
-        losing a task whose ``delay()`` returned.
-        """
-        if self._size and os.pread(self.fd, 1, self._size - 1) != b"\n":
-            self._mend_tail()
-        self._write(data)
-
-    def _mend_tail(self) -> None:
-        """The file does not end with a newline: cut the torn line, as the owner would.
-
-        Only with the owner lock held too, because a running owner appends
-        without flock and its append may be in flight; then wait for it.
-        """
-        try:
-            lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-        except OSError as exc:
-            raise _os_error(exc, self.path + ".lock", "the journal ends with a torn line and cannot open",
-                            "start the owner, which cuts it, and retry") from None
-        try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                # An owner's append in flight ends in microseconds, and a line
-                # torn by a killed producer the owner cuts at its next tick: wait
-                # without the flock, which the owner needs to cut it.
-                pause = threading.Event()
-                for _ in range(400):
-                    self._unlock_file()
-                    pause.wait(0.005)
-                    self._lock_file()
-                    if not self._size or os.pread(self.fd, 1, self._size - 1) == b"\n":
-                        return
-                raise OSError(errno.EIO, "journal %s ends with a torn line while its owner runs; "
-                              "restart the owner, which cuts it, then retry" % self.path) from None
-            self._cut_torn_line()
-        finally:
-            os.close(lock_fd)
-
-    def _cut_torn_line(self) -> None:
-        """Holding flock and the owner lock: cut the file back to its last newline."""
-        size = os.fstat(self.fd).st_size
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            cut = os.pread(self.fd, end - start, start).rfind(b"\n")
-            if cut >= 0:
-                end = start + cut + 1
-                break
-            end = start
-        logger.warning("journal %s: cut a torn last line (%d bytes); it was never acknowledged",
-                       self.path, size - end)
-        os.ftruncate(self.fd, end)
-        if end == 0:
-            self._write(_HEADER)
-
-    def _owner_mend(self, end: int) -> int:
-        """Owner, before an append, when the file grew past its last one: never glue.
-
-        The kernel copies a write page by page and stops at SIGKILL, so a
-        producer killed inside ``write()`` leaves a line with no end; a line
-        appended onto it would be lost with it at the next replay.  If the
-        file does not end with a newline, flock waits out a producer's append
-        in flight, and what is still torn is cut.  Returns the file's end.
-        """
-        if end and os.pread(self.fd, 1, end - 1) != b"\n":
-            self._lock_file()
-            try:
-                if self._size and os.pread(self.fd, 1, self._size - 1) != b"\n":
-                    self._cut_torn_line()
-            finally:
-                self._unlock_file()
-            end = os.lseek(self.fd, 0, os.SEEK_END)
-        return end
-
-    def note_foreign_writes(self) -> None:
-        """Owner, holding ``lock``: producers appended since the last sync; the next sync covers them."""
-        self._drain()  # first, so that the deferred lines keep contiguous sequences
-        self._written = self._appended = self._written + 1
-
-    def _write(self, data: bytes) -> None:
-        try:
-            n = os.write(self.fd, data)
-        except OSError as exc:
-            raise _os_error(exc, self.path, "cannot append to journal",
-                            _write_advice(exc.errno) + "; nothing was written") from None
-        if n != len(data):
-            # Cut our own partial line, so a failed write leaves nothing behind.
-            end = os.lseek(self.fd, 0, os.SEEK_CUR)
-            try:
-                if os.fstat(self.fd).st_size == end:
-                    os.ftruncate(self.fd, end - n)
-            except OSError:
-                pass
-            raise OSError(errno.ENOSPC, "cannot append to journal %s: only %d of %d bytes fit "
-                          "(disk full or file size limit); free space and retry; nothing was written"
-                          % (self.path, n, len(data)))
 
     def commit(self, seq: int) -> None:
         """Return once write ``seq`` is on disk; concurrent callers share one fsync.
@@ -1010,133 +2087,291 @@ class _Journal:
                 mine.release()
 
     def _fsync_done(self) -> None:
-        """Wait for an fsync in flight to end (compaction, before it closes the file)."""
+        """Wait for an fsync in flight to end (compaction, before it closes the old file)."""
         with self._sync:
             running = self._fsyncing
         if running is not None:
             running.acquire()
             running.release()
 
-    # -- reading -------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
 
-    def load(self, apply_all: Callable[[list], None]) -> None:
-        """Owner, holding the owner lock and ``lock``: replay the whole file.
-
-        A torn last line is cut off with a warning; a bad line anywhere else
-        raises ``JournalCorrupt``.  A file that is not a wheelq journal is
-        never modified.
-        """
-        self._lock_file()
+    def load(self, read: Callable) -> None:
+        """Owner, holding the lease and ``lock``: replay the whole file (see the interface)."""
+        if self.fd is None:
+            self.open()
+        fd = self._lock_file()
         try:
-            data = _read_all(self.fd)
+            data = _read_all(fd)
             if data != _HEADER and _HEADER.startswith(data):
-                if data:
-                    logger.warning("journal %s: cut a torn header (%d bytes)", self.path, len(data))
-                    os.ftruncate(self.fd, 0)
-                self._write(_HEADER)
+                logger.warning("journal %s: cut a torn header (%d bytes)", self.path, len(data))
+                os.ftruncate(fd, 0)
+                self._write_fd(fd, _HEADER)
                 data = _HEADER
-            end, lineno = _replay(data, self.path, apply_all)
+            head = data.index(b"\n") + 1  # open() made sure there is a header line
+            _check_header(data[:head], self.path)
+            end = data.rfind(b"\n") + 1
+            text, raws = _decode(memoryview(data)[head:end])
+            try:
+                read(text, 1, raws, end == len(data))
+                lineno = 1 + text.count("\n")
+            except _Torn as torn:
+                end = data.rfind(b"\n", 0, end - 1) + 1
+                lineno = torn.lineno - 1
             if end < len(data):
-                logger.warning("journal %s: cut a torn last line (line %d, %d bytes); it was "
-                               "never acknowledged", self.path, lineno + 1, len(data) - end)
-                os.ftruncate(self.fd, end)
-            self.offset, self.lineno = end, lineno
+                logger.warning("journal %s: cut a torn last line (line %d, %d bytes); it was never "
+                               "acknowledged", self.path, lineno + 1, len(data) - end)
+                os.ftruncate(fd, end)
+            self._end, self._lineno = end, lineno
         finally:
-            self._unlock_file()
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def tail(self) -> tuple:
-        """Read the complete lines appended since the last read.
+    def tail(self) -> None:
+        """Owner, holding ``lock``: deliver the whole lines others appended since.
 
-        Returns ``(data, lineno)``: whole lines, and the number of the line
-        before the first of them.  The header is checked and skipped.
+        They count as a write of ours, so the next ``sync()`` covers them.
         """
-        size = os.fstat(self.fd).st_size
-        if size <= self.offset:
-            return b"", self.lineno
-        data = os.pread(self.fd, size - self.offset, self.offset)
+        fd = self.fd
+        if fd is None:
+            return
+        size = os.fstat(fd).st_size
+        if size <= self._end:
+            return
+        data = os.pread(fd, size - self._end, self._end)
+        keep = data.rfind(b"\n") + 1
+        if keep:
+            self._drain()  # first, so that deferred sequences stay the newest ones
+            self._deliver(data[:keep] if keep < len(data) else data)
+            self._end += keep
+            self._written = self._appended = self._written + 1
+        if keep < len(data):
+            self._cut_if_torn(fd)
+
+    def _cut_if_torn(self, fd: int) -> None:
+        """A line with no end: cut it if nobody is writing it (nobody holds the flock)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # an append in flight
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end > self._end and os.pread(fd, 1, end - 1) != b"\n":
+                self._others(fd, end)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def view(self) -> tuple:
+        """``(reset, text, lineno, raws)``: the whole lines appended since the last view().
+
+        Read without any lock: whole lines appended with O_APPEND never
+        change, a line being written is not taken until its newline is in,
+        and a compaction replaces the file by rename, so an open descriptor
+        reads one file whole.  ``reset`` says the journal was replaced
+        (compacted or repaired) since: the text is the new file's, from its
+        start.
+        """
+        reset = False
+        view = self._view
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise WheelqError("journal %s does not exist (any more): check the path" % self.path) from None
+        if view is None or view[1] != (st.st_dev, st.st_ino) or st.st_size < view[2]:
+            reset = view is not None
+            self._close_view()
+            try:
+                fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+            except OSError as exc:
+                raise _os_error(exc, self.path, "cannot read journal", "check its permissions") from None
+            fst = os.fstat(fd)
+            view = self._view = (fd, (fst.st_dev, fst.st_ino), 0, 0)
+        fd, ino, offset, lineno = view
+        size = os.fstat(fd).st_size
+        if size <= offset:
+            return reset, "", lineno, None
+        data = _pread_all(fd, size - offset, offset)
         data = data[:data.rfind(b"\n") + 1]
-        if self.offset == 0 and data:
-            head = data[:data.index(b"\n") + 1]
-            _check_header(head, self.path)
-            self.offset, self.lineno = len(head), 1
-            data = data[len(head):]
-        before = self.lineno
-        self.offset += len(data)
-        self.lineno += data.count(b"\n")
-        return data, before
+        if offset == 0:
+            if not data:
+                return reset, "", 0, None
+            head = data.index(b"\n") + 1
+            _check_header(data[:head], self.path)
+            offset, lineno, data = head, 1, data[head:]
+        text, raws = _decode(data)
+        self._view = (fd, ino, offset + len(data), lineno + text.count("\n"))
+        return reset, text, lineno, raws
 
-    # -- compaction ------------------------------------------------------------
+    def view_reset(self) -> None:
+        """Read the view from the start next time (after a reader refused a line)."""
+        self._close_view()
 
-    def compact(self, snapshot: Callable[[], Iterable[bytes]]) -> int:
-        """Owner, holding ``lock``: rewrite the file with the lines ``snapshot()`` gives.
+    def _close_view(self) -> None:
+        if self._view is not None:
+            try:
+                os.close(self._view[0])
+            except OSError:
+                pass
+            self._view = None
 
-        Holds ``flock`` throughout, so no producer appends in between;
-        ``snapshot`` runs under it and takes in what producers appended.
+    # -- compaction -------------------------------------------------------------------------
+
+    def rewrite(self, snapshot: Callable[[Callable[[], bytes]], list]) -> int:
+        """Owner, holding ``lock``: replace the journal with the lines ``snapshot(read)`` gives.
+
+        Holds flock on the old file throughout, so no append falls between
+        the lines read and the copy; ``snapshot`` runs under it, after what
+        others appended is delivered.  The copy is ``<path>.tmp``, created
+        exclusively (never through a symlink) with the journal's mode, owner
+        and group, written, fsynced, renamed over the journal, and its
+        directory fsynced, all while it holds flock on the new file too:
+        a producer opening the new file waits until its name is durable.
         Returns the number of records written.
         """
-        tmp = self.path + ".tmp"
         self._drain()  # the snapshot holds their tasks, and their commits wait for a sync
         if self._lost:  # tasks whose delay() is about to raise: never write them back
             raise OSError(errno.EIO, "cannot compact journal %s now: a write to it just failed; "
                           "free space or fix the disk, and it compacts at a later tick" % self.path)
-        old = self.fd
-        self._lock_file()
+        old = self._lock_file()
+        new = None
         try:
-            lines = snapshot()
-            count = 0
-            size = len(_HEADER)
+            end = os.lseek(old, 0, os.SEEK_END)
+            if self.deliver is not None and end != self._end:  # (repair reads the file itself)
+                self._others(old, end)
+            lines = snapshot(lambda: _read_all(old))
+            tmp = self.path + ".tmp"
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
-                try:
-                    buf = [_HEADER]
-                    for line in lines:
-                        buf.append(line)
-                        size += len(line)
-                        count += 1
-                        if len(buf) >= 4096:
-                            _write_all(fd, b"".join(buf))
-                            buf.clear()
-                    _write_all(fd, b"".join(buf))
-                    self._fsync(fd)
-                finally:
-                    os.close(fd)
+                new = self._create_tmp(tmp, os.fstat(old))
+                fcntl.flock(new, fcntl.LOCK_EX)
+                size = len(_HEADER)
+                buf = [_HEADER]
+                for line in lines:
+                    buf.append(line)
+                    size += len(line)
+                    if len(buf) >= 4096:
+                        _write_all(new, b"".join(buf))
+                        buf.clear()
+                _write_all(new, b"".join(buf))
+                self._fsync(new)
                 os.replace(tmp, self.path)
             except OSError as exc:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                if new is not None:
+                    os.close(new)
+                    new = None
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
                 raise _os_error(exc, self.path, "cannot compact journal",
                                 _write_advice(exc.errno) + "; the journal is unchanged") from None
-            # From here on the new file is the journal, whatever else fails:
-            # never go on writing to the replaced one, whose lines would be lost.
             try:
-                self.fd = self._open_fd()
-            except OSError as exc:
-                self._unlock_file()
-                os.close(old)
-                self.fd = None
-                raise OSError(exc.errno, "journal %s was compacted but cannot be reopened (%s); this "
-                              "Wheel cannot write any more: restart the process" % (self.path, exc)) from None
-        finally:
-            if self.fd is old:
-                self._unlock_file()
+                _fsync_dir(self.path)
+            except OSError:
+                logger.warning("journal %s: fsync of its directory failed after compaction", self.path)
+            self.fd = new
+        except BaseException:
+            fcntl.flock(old, fcntl.LOCK_UN)
+            raise
         self._fsync_done()  # one that started before the swap may still use the old file
-        os.close(old)  # releases the flock: waiting producers find the new inode
-        try:
-            _fsync_dir(self.path)
-        except OSError:
-            logger.warning("journal %s: fsync of its directory failed after compaction", self.path)
-        self.offset, self.lineno = size, count + 1
+        os.close(old)  # its waiters find the replaced inode and open the new file
+        fcntl.flock(new, fcntl.LOCK_UN)
+        self._end, self._lineno = size, len(lines) + 1
         self._synced = self._written
-        return count
+        return len(lines)
+
+    def _create_tmp(self, tmp: str, like: os.stat_result) -> int:
+        """``<path>.tmp``, created exclusively with the journal's mode, owner and group."""
+        try:
+            st = os.lstat(tmp)
+        except FileNotFoundError:
+            st = None
+        if st is not None:  # left by a compaction that died: ours to remove, if it is ours
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                raise OSError(errno.EEXIST, "%s exists and is not a file of this user (a symlink "
+                              "or another user's file); remove it" % tmp)
+            os.unlink(tmp)
+        mode = stat.S_IMODE(like.st_mode)
+        fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
+                     0o600)
+        try:
+            os.fchmod(fd, mode)
+            if (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(fd, like.st_uid, like.st_gid)
+                except PermissionError:
+                    try:
+                        os.fchown(fd, -1, like.st_gid)  # a member of the group may keep it
+                    except PermissionError:
+                        logger.warning("journal %s: compaction could not keep its owner and group "
+                                       "(uid %d, gid %d)", self.path, like.st_uid, like.st_gid)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        return fd
+
+    # -- the owner lock -------------------------------------------------------------------
+
+    def acquire(self, wait: bool) -> bool:
+        """Take the owner lock.  ``wait``: return False if it is held; else raise JournalLocked."""
+        lock_path = self.path + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise WheelqError("the owner lock %s is a symlink; wheelq never follows one there "
+                                  "(another user could point it at your files): remove it"
+                                  % lock_path) from None
+            raise _os_error(exc, lock_path, "cannot open the owner lock",
+                            "the journal's directory must be writable by the owner"
+                            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT)
+                            else _write_advice(exc.errno)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = int(os.pread(fd, 32, 0).strip() or 0)
+            except (OSError, ValueError):
+                pid = None
+            os.close(fd)
+            if wait:
+                return False
+            raise JournalLocked(self.path, pid) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        except OSError as exc:  # e.g. a full disk: the pid only names the owner to others
+            logger.warning("journal %s: could not write this owner's pid to %s (%s); a second "
+                           "owner will be refused without it", self.path, lock_path, exc.strerror)
+        self._lock_fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the operating system drops the flock
+            self._lock_fd = None
+
+    def check(self) -> str | None:
+        """Owner, once a tick: None while the path still names the journal and the lock it holds."""
+        for path, fd in ((self.path, self.fd), (self.path + ".lock", self._lock_fd)):
+            if fd is None:
+                continue
+            try:
+                now = os.stat(path)
+            except OSError:
+                return "%s was deleted" % path
+            held = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                return "%s was replaced by another file" % path
+        return None
 
 
 def _read_all(fd: int) -> bytes:
     """The whole file: one read of its size, so a big journal is not copied twice."""
-    want = os.fstat(fd).st_size + 1  # one more: a file that grew meanwhile reads on
+    return _pread_all(fd, os.fstat(fd).st_size + 1, 0)  # one more: a file that grew reads on
+
+
+def _pread_all(fd: int, want: int, offset: int) -> bytes:
     chunks = []
-    offset = 0
     while True:
         chunk = os.pread(fd, want, offset)
         if not chunk:
@@ -1160,211 +2395,165 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _check_header(line: bytes, path: str) -> None:
-    try:
-        head = json.loads(line)
-    except ValueError:
-        head = None
-    if not isinstance(head, dict) or "wheelq" not in head:
-        raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
-    if head["wheelq"] != 1:
-        raise JournalCorrupt(path, 1, "written by a newer wheelq (format %r)" % (head["wheelq"],))
-
-
-def _replay(data: bytes, path: str, apply_all: Callable[[list], None]) -> tuple:
-    """Apply every line of a whole journal; return (bytes of good lines, their count).
-
-    ``apply_all`` applies a list of records in order, and raises
-    ``_BadRecord`` for one that is not a wheelq record.  A bad last line
-    counts as torn and stops the replay before it; a bad line anywhere else
-    raises ``JournalCorrupt``.
-    """
-    end = data.rfind(b"\n") + 1
-    if end == 0:
-        raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
-    head = data.index(b"\n") + 1
-    _check_header(data[:head], path)
-    # Replay is bound by parsing: decode the file once, and read it a few
-    # thousand lines at a time (``_scan_rows``).
-    raws = None
-    try:
-        text = str(memoryview(data)[head:end], "utf-8")  # no copy of the bytes
-    except UnicodeDecodeError:
-        raws = data[head:end].split(b"\n")
-        raws.pop()
-        text = "".join([_utf8_or_empty(raw) + "\n" for raw in raws])
-    first = 0  # the index of the chunk's first line (the header is not counted)
-    a = 0
-    while a < len(text):
-        b = text.find("\n", min(a + _REPLAY_CHUNK, len(text)) - 1) + 1  # a chunk of whole lines
-        chunk = text[a:b]
-        rows = _scan_rows(chunk)
+def _store_for(path: str, fsync: str) -> Any:
+    """The store a path or URL names: a file, or (wheelq_redis) a Redis server."""
+    if path.startswith(("redis://", "rediss://", "unix://")):
         try:
-            apply_all(rows)
-        except _BadRecord as bad:
-            raise JournalCorrupt(path, first + bad.index + 2, bad.reason) from None
-        count = chunk.count("\n")
-        if len(rows) < count:  # line ``j`` is not one JSON value
-            j = first + len(rows)
-            raw = chunk.split("\n")[len(rows)].encode("utf-8") if raws is None else raws[j]
-            if b == len(text) and len(rows) == count - 1 and end == len(data):
-                return end - len(raw) - 1, j + 1  # the last line: torn
-            raise JournalCorrupt(path, j + 2, "unreadable JSON: %.60r" % raw)
-        a = b
-        first += count
-    return end, first + 1
-
-
-_REPLAY_CHUNK = 1 << 18  # characters the scanner reads at a time (a few thousand lines)
-_scan_json = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
-
-
-class _BadRecord(Exception):
-    """A replayed value, at ``index`` of its chunk, that is not a wheelq record."""
-
-    def __init__(self, index: int, exc: Exception):
-        super().__init__(index, exc)
-        self.index = index
-        self.reason = _not_a_record(exc)
-
-
-def _not_a_record(exc: Exception) -> str:
-    return "not a wheelq record (%s: %s)" % (type(exc).__name__, exc)
-
-
-# The lines an owner writes most, as wheelq spells them: an add (an owner's, or a
-# producer's, marked "p":1) with no tries, and a done.  Every other line matches
-# the last branch.  A JSON string here has no escapes and no control characters,
-# and a number is JSON's, so the parts mean what they mean to a JSON parser.  An
-# add's args and kwargs are left to the JSON scanner: one group, with one place
-# to end, so a line costs one pass whatever it holds.
-_STR = r'"([^"\\\x00-\x1f]*)"'
-_ROW = re.compile(
-    r'(?:\{"p":1,|\{)"op":"add","id":%s,"task":%s,'
-    r'"due":(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?),'
-    r'"args":(\[[^\n]*)\}\n'
-    r'|\{"op":"done","id":"([^"\\\x00-\x1f]+)"\}\n'
-    r'|([^\n]*)\n' % (_STR, _STR))
-_NO_KWARGS = ',"kwargs":{}'
-
-
-def _scan_rows(chunk: str) -> list:
-    """The records of the whole lines ``chunk``, one row a line, up to the first unreadable one.
-
-    A JSON parser builds a dict a line, which costs as much again as the
-    record built from it; so the lines ``_ROW`` knows are read by it, in one
-    call a chunk: an add becomes its ``_Rec`` and a done the 1-tuple of its id.
-    The JSON scanner reads an add's args where they start, which is where
-    they end too, and then its kwargs, which must end the line.  Any other
-    line is decoded as JSON: a row that is neither a ``_Rec`` nor a tuple is a
-    line's JSON value.  Fewer rows than lines means the next line is not one
-    JSON value.
-    """
-    rows: list = []
-    append, scan, intern, lines = rows.append, _scan_json, sys.intern, None
-    rec_of, inf, no_kwargs, plain = _Rec, _INF, _NO_KWARGS, len(_NO_KWARGS)
-    for tid, name, due, tail, done, other in _ROW.findall(chunk):
-        if tail:  # '[args],"kwargs":{kwargs}'
-            try:
-                args, stop = scan(tail, 0)
-                due = float(due)
-                if stop + plain == len(tail) and tail.endswith(no_kwargs):
-                    if -inf < due < inf:
-                        append(rec_of(tid, intern(name), args, due))
-                        continue
-                elif tail.startswith(',"kwargs":', stop):
-                    kwargs, stop = scan(tail, stop + 10)
-                    if stop == len(tail) and kwargs.__class__ is dict and -inf < due < inf:
-                        rec = rec_of(tid, intern(name), args, due)
-                        if kwargs:
-                            rec.extra(kwargs, 0, None)
-                        append(rec)
-                        continue
-            except (ValueError, StopIteration):
-                pass
-            # Not as _ROW read it: the JSON parser has the last word.
-            if lines is None:
-                lines = chunk.split("\n")
-            other = lines[len(rows)]
-        elif done:
-            append((done,))
-            continue
-        try:
-            value, stop = scan(other, 0)
-        except (ValueError, StopIteration):
-            stop = -1
-        if stop != len(other):
-            try:
-                value = json.loads(other)  # white space around one value, or not JSON at all
-            except ValueError:
-                return rows
-        append(value)
-    return rows
-
-
-def _utf8_or_empty(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return ""  # unreadable: the replay names the line by its bytes
-
-
-def _apply_one(apply: Callable[[dict], None], obj: Any, path: str, lineno: int) -> None:
-    try:
-        apply(obj)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise JournalCorrupt(path, lineno, _not_a_record(exc)) from None
-
-
-def _apply_lines(data: bytes, lineno: int, path: str, apply: Callable[[dict], None],
-                 producers_only: bool) -> None:
-    """Apply the whole lines ``data`` that follow line ``lineno``.
-
-    ``producers_only`` (the owner following its own file) applies only lines
-    marked ``"p":1`` and logs and skips an unreadable one instead of stopping
-    the owner: the next replay reports it.
-    """
-    if not data:
-        return
-    lines = data.split(b"\n")
-    lines.pop()
-    loads = json.loads
-    for i, line in enumerate(lines, lineno + 1):
-        if producers_only:
-            if line.startswith(_MARK):
-                try:
-                    _apply_one(apply, loads(line.decode("utf-8")), path, i)
-                except (ValueError, JournalCorrupt) as exc:
-                    logger.error("journal %s line %d: skipped an unreadable record (%s)", path, i, exc)
-            continue
-        try:
-            obj = loads(line.decode("utf-8"))  # UTF-8 only, as replay reads it
-        except ValueError:
-            raise JournalCorrupt(path, i, "unreadable JSON: %.60r" % line) from None
-        _apply_one(apply, obj, path, i)
+            import wheelq_redis
+        except ImportError as exc:
+            if getattr(exc, "name", None) not in ("wheelq_redis", "redis"):
+                raise
+            raise WheelqError("%s names a Redis server, which needs the optional Redis store: "
+                              'pip install "wheelq[redis]" (it brings redis-py and wheelq_redis.py)'
+                              % path) from None
+        return wheelq_redis.RedisStore(path, fsync)
+    return _FileStore(path, fsync)
 
 
 # --------------------------------------------------------------------------
-# Worker pool
+# Runners: the thread pool and the event loop
 # --------------------------------------------------------------------------
+#
+# A runner is handed batches of due records and two callbacks of the wheel:
+# ``begin(batch)`` journals that the batch starts and returns the records
+# still to run, and ``report(outcomes)`` journals how they ended.  Both
+# runners call a task the same way (``_run_task`` or ``_arun_task``) and describe what
+# happened the same way (an ``_Outcome``).
 
-_MAX_BATCH = 64
+_MAX_BATCH = 64  # tasks a queue item carries at most
+_BLOCKED = 1.0  # seconds a coroutine may hold the event loop before the watchdog warns
+
+# The record of the task running in this thread or coroutine (current() reads it).
+_CURRENT: contextvars.ContextVar = contextvars.ContextVar("wheelq_current", default=None)
 
 
-class _Pool:
-    """A bounded queue of task batches feeding named worker threads.
+class _Outcome:
+    """How one run ended: ``error`` is None for a return (``value``), else the error's text."""
 
-    ``run_batch`` is the wheel's; the pool only moves batches.  Shutdown is
-    one ``None`` sentinel per worker.
+    __slots__ = ("rec", "task", "error", "value", "exc", "seconds")
+
+    def __init__(self, rec, task, error=None, value=None, exc=None, seconds=None):
+        self.rec = rec
+        self.task = task
+        self.error = error
+        self.value = value
+        self.exc = exc
+        self.seconds = seconds
+
+
+def _failure(rec: Any, task: Any, exc: BaseException, seconds: float | None) -> _Outcome:
+    return _Outcome(rec, task, "%s: %s" % (type(exc).__name__, exc), None, exc, seconds)
+
+
+def _run_task(rec: Any, task: Any, timed: bool) -> _Outcome:
+    """Call a plain function task in this thread; ``timed`` measures its run time."""
+    if task is None:
+        return _Outcome(rec, None, "unknown task %r" % rec.name)
+    body = rec.body
+    token = _CURRENT.set(rec)
+    started = _monotonic() if timed else None
+    try:
+        if body.__class__ is _Extra:
+            value = task.func(*body.args, **body.kwargs) if body.kwargs else task.func(*body.args)
+        else:
+            value = task.func(*body)
+    except BaseException as exc:  # a task's failure never kills the worker
+        return _failure(rec, task, exc, started and _monotonic() - started)
+    finally:
+        _CURRENT.reset(token)
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited, on purpose: no RuntimeWarning
+        return _Outcome(rec, task, "TypeError: task %r returned a coroutine; declare it with "
+                        "async def" % task.name)
+    return _Outcome(rec, task, None, value, None, started and _monotonic() - started)
+
+
+class _Watched:
+    """Drive a coroutine step by step, warning when one step holds the loop too long.
+
+    A coroutine that calls ``time.sleep()`` or blocking I/O stops every other
+    coroutine on the loop; the step that did it is named in a WARNING.
     """
 
-    def __init__(self, workers: int, queue_size: int, run_batch: Callable[[list], None]):
+    __slots__ = ("coro", "rec")
+
+    def __init__(self, coro: Any, rec: Any):
+        self.coro = coro
+        self.rec = rec
+
+    def __await__(self) -> Any:
+        it = self.coro.__await__()
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            started = _monotonic()
+            try:
+                step = it.throw(exc) if exc is not None else it.send(value)
+            except StopIteration as stop:
+                self._check(started)
+                return stop.value
+            except BaseException:
+                self._check(started)
+                raise
+            self._check(started)
+            try:
+                value, exc = (yield step), None
+            except GeneratorExit:
+                it.close()
+                raise
+            except BaseException as thrown:  # cancellation, passed on to the coroutine
+                value, exc = None, thrown
+
+    def _check(self, started: float) -> None:
+        held = _monotonic() - started
+        if held > _BLOCKED:
+            logger.warning("task %s [%s] blocked the event loop for %.1f s: every other async task "
+                           "waited meanwhile; use await (asyncio.sleep, an async client) or "
+                           "loop.run_in_executor() for blocking work",
+                           _printable(self.rec.name), _printable(self.rec.id), held)
+
+
+async def _arun_task(rec: Any, task: Any, timed: bool) -> _Outcome:
+    """Await an async task on the running loop, within its timeout."""
+    body = rec.body
+    token = _CURRENT.set(rec)
+    started = _monotonic()
+    try:
+        if body.__class__ is _Extra:
+            coro = task.func(*body.args, **body.kwargs) if body.kwargs else task.func(*body.args)
+        else:
+            coro = task.func(*body)
+        watched = _Watched(coro, rec)
+        if task.timeout is None:
+            value = await watched
+        else:
+            try:
+                value = await asyncio.wait_for(watched, task.timeout)
+            except asyncio.TimeoutError:
+                return _Outcome(rec, task, "TimeoutError: ran longer than its timeout of %ss"
+                                % _number(task.timeout), None, None, _monotonic() - started)
+    except asyncio.CancelledError:
+        raise  # the wheel stopped: the task stays pending
+    except BaseException as exc:
+        return _failure(rec, task, exc, _monotonic() - started)
+    finally:
+        _CURRENT.reset(token)
+    return _Outcome(rec, task, None, value, None, _monotonic() - started if timed else None)
+
+
+class _Threads:
+    """A bounded queue of batches feeding ``workers`` threads named wheelq-worker-N.
+
+    Shutdown is one ``None`` sentinel per worker.  ``idle`` (a Condition on
+    the wheel's state lock) is notified when a worker takes a batch or ends one.
+    """
+
+    def __init__(self, workers: int, queue_size: int, execute: Callable[[list], None]):
         self.queue: queue.Queue = queue.Queue(queue_size)
-        self.run_batch = run_batch
-        self.threads = [
-            threading.Thread(target=self._work, name="wheelq-worker-%d" % (n + 1), daemon=True)
-            for n in range(workers)
-        ]
+        self.execute = execute
+        self.threads = [threading.Thread(target=self._work, name="wheelq-worker-%d" % (n + 1),
+                                         daemon=True) for n in range(workers)]
 
     def start(self) -> None:
         for t in self.threads:
@@ -1376,9 +2565,9 @@ class _Pool:
             batch = get()
             if batch is None:
                 return
-            self.run_batch(batch)
+            self.execute(batch)
 
-    def put(self, batch: list, stopping: threading.Event) -> bool:
+    def submit(self, batch: list, stopping: threading.Event) -> bool:
         """Queue a batch, waiting in short steps while full; False if stopping."""
         while not stopping.is_set():
             try:
@@ -1387,6 +2576,9 @@ class _Pool:
             except queue.Full:
                 continue
         return False
+
+    def idle(self) -> bool:
+        return self.queue.empty()
 
     def drain(self) -> list:
         """Take back every batch that no worker has started."""
@@ -1399,22 +2591,171 @@ class _Pool:
             if batch is not None:
                 out.extend(batch)
 
-    def shutdown(self) -> None:
-        """Send the sentinels and join the workers."""
+    def stop(self, deadline: float | None) -> None:
+        """Send the sentinels and wait for the workers (each finishes its batch)."""
         for _ in self.threads:
             self.queue.put(None)
         for t in self.threads:
-            t.join()
+            t.join(None if deadline is None else max(0.0, deadline - _monotonic()))
+
+
+class _Loop:
+    """One event loop in a thread named wheelq-asyncio, running at most ``limit`` coroutines.
+
+    ``submit`` (the timer) waits for free places in short steps, as for the
+    queue, and hands the batch to the loop; the outcomes of the coroutines
+    that end in one pass of the loop are reported together.  ``busy`` counts
+    the places taken (guarded by ``_count``).
+    """
+
+    def __init__(self, limit: int, begin: Callable[[list], list], report: Callable[[list], None],
+                 unstart: Callable[[list], None]):
+        self.limit = limit
+        self.begin, self.report, self.unstart = begin, report, unstart
+        self.places = threading.Semaphore(limit)
+        self._count = threading.Lock()
+        self.busy = 0
+        self.loop: Any = None
+        self.running: dict = {}  # asyncio.Task -> (rec, task); touched on the loop thread only
+        self.ended: list = []
+        self.cancelled: list = []
+        self.stopping = False
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, name="wheelq-asyncio", daemon=True)
+        self.threads = [self.thread]
+
+    def start(self) -> None:
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _main(self) -> None:
+        loop = self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.call_soon(self.ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    def _free(self, n: int) -> None:
+        with self._count:
+            self.busy -= n
+        for _ in range(n):
+            self.places.release()
+
+    def submit(self, batch: list, stopping: threading.Event) -> bool:
+        """Wait for a place for each task of ``batch``, then start them on the loop."""
+        got = 0
+        while got < len(batch):
+            if stopping.is_set():
+                self._free(got)
+                return False
+            if self.places.acquire(timeout=0.05):
+                got += 1
+                with self._count:
+                    self.busy += 1
+        self.loop.call_soon_threadsafe(self._launch, batch)
+        return True
+
+    def idle(self) -> bool:
+        return self.busy == 0
+
+    def _launch(self, batch: list) -> None:
+        pairs = self.begin(batch)
+        if len(pairs) < len(batch):  # cancelled meanwhile
+            self._free(len(batch) - len(pairs))
+        timed = logger.isEnabledFor(logging.DEBUG)
+        for rec, task in pairs:
+            t = self.loop.create_task(_arun_task(rec, task, timed))
+            self.running[t] = (rec, task)
+            t.add_done_callback(self._ended)
+
+    def _ended(self, t: Any) -> None:
+        rec, task = self.running.pop(t)
+        self._free(1)
+        if t.cancelled():
+            if self.stopping:  # stop() cancelled it: it stays pending
+                self.cancelled.append(rec)
+                return
+            outcome = _Outcome(rec, task, "CancelledError: the task was cancelled")
+        else:
+            outcome = t.result()
+        if not self.ended:
+            self.loop.call_soon(self._flush)
+        self.ended.append(outcome)
+
+    def _flush(self) -> None:
+        ended, self.ended = self.ended, []
+        if ended:
+            self.report(ended)
+
+    def stop(self, deadline: float | None) -> None:
+        """Let running coroutines end until ``deadline``; cancel the rest (they stay pending)."""
+        if self.loop is None or not self.thread.is_alive():
+            return
+        done = threading.Event()
+
+        async def wind_down() -> None:
+            try:
+                tasks = list(self.running)
+                if tasks:
+                    timeout = None if deadline is None else max(0.0, deadline - _monotonic())
+                    _, late = await asyncio.wait(tasks, timeout=timeout)
+                    self.stopping = True
+                    for t in late:
+                        t.cancel()
+                    if late:
+                        await asyncio.wait(late)
+                self._flush()
+                if self.cancelled:
+                    self.unstart(self.cancelled)
+            finally:
+                done.set()
+
+        asyncio.run_coroutine_threadsafe(wind_down(), self.loop)
+        done.wait(None if deadline is None else max(0.0, deadline - _monotonic()) + 5.0)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5.0)
+
+
+def _run_eagerly(pairs: list, limit: int) -> list:
+    """Eager mode: run async tasks to completion on a private loop in this thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("tick() would run async tasks on an event loop of its own, and cannot "
+                           "inside a running one: call it from a thread without a loop, or start() "
+                           "the wheel, whose tasks then run on its wheelq-asyncio loop")
+
+    async def run_all() -> list:
+        places = asyncio.Semaphore(limit)
+
+        async def one(rec: Any, task: Any) -> _Outcome:
+            async with places:
+                return await _arun_task(rec, task, False)
+
+        return list(await asyncio.gather(*(one(rec, task) for rec, task in pairs)))
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(run_all())
+    finally:
+        loop.close()
 
 
 # --------------------------------------------------------------------------
-# Task, TaskHandle, TaskInfo
+# Task, TaskHandle, TaskInfo, ScheduleInfo, current()
 # --------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskInfo:
-    """A snapshot of one task."""
+    """A snapshot of one task.  ``due`` is epoch seconds; a schedule's run has its name in ``schedule``."""
 
     id: str
     name: str
@@ -1424,35 +2765,111 @@ class TaskInfo:
     status: str
     tries: int
     error: str | None
+    result: Any = None
+    schedule: str | None = None
 
 
-def _info(rec: _Rec) -> TaskInfo:
-    return TaskInfo(rec.id, rec.name, tuple(rec.args), dict(rec.kwargs or {}),
-                    rec.due, rec.state, rec.tries, rec.error)
+@dataclasses.dataclass(frozen=True)
+class ScheduleInfo:
+    """A declared schedule: its spec, its next and last nominal times (epoch seconds), its pause."""
+
+    name: str
+    spec: str
+    tz: str
+    next_due: float | None
+    last_due: float | None
+    paused: bool
+    misfire: str
+
+
+def _info(rec: Any, status: str, result: Any = None) -> TaskInfo:
+    sched = rec.sched
+    return TaskInfo(rec.id, rec.name, tuple(rec.args), dict(rec.kwargs or {}), rec.due, status,
+                    rec.tries, rec.error, result, sched[0] if sched else None)
+
+
+def current() -> TaskInfo | None:
+    """Inside a running task (thread or coroutine), that task's TaskInfo; else None.
+
+    A schedule's run reads its nominal time, before any jitter, as ``due``.
+    """
+    rec = _CURRENT.get()
+    if rec is None:
+        return None
+    info = _info(rec, RUNNING)
+    if info.schedule is not None:
+        nominal = _nominal(rec.id)
+        if nominal is not None:
+            info = dataclasses.replace(info, due=nominal)
+    return info
+
+
+# Keywords that look like a misspelt option of delay(), and the option meant.
+_MISSPELT = {"countdown": "count_down", "count_down_s": "count_down", "delay": "count_down",
+             "eta_s": "eta"}
+
+
+def _arity(func: Callable) -> tuple:
+    """``(fewest, most, signature)`` positional arguments ``func`` takes without keywords.
+
+    ``delay()`` checks a call against the signature only when it has
+    keywords or an argument count outside that range, so the common call
+    costs two comparisons.  A function whose signature cannot be read is
+    not checked (``(0, inf, None)``); one with a required keyword-only
+    parameter is always checked.
+    """
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return 0, _INF, None
+    lo = hi = 0
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            hi += 1
+            if p.default is p.empty:
+                lo += 1
+        elif p.kind is p.VAR_POSITIONAL:
+            hi = _INF
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return 0, -1, sig
+    return lo, hi, sig
 
 
 class Task:
     """A registered function.  Calling it runs it now; ``delay`` runs it later."""
 
-    def __init__(self, wheel: Wheel, func: Callable, name: str, retries: int,
-                 retry_delay: float, retry_backoff: float):
+    def __init__(self, wheel: Wheel, func: Callable, name: str, retries: int, retry_delay: float,
+                 retry_backoff: float, result_ttl: float, timeout: float | None, is_async: bool):
         functools.update_wrapper(self, func)  # first: the function's attributes never win
         self.wheel = wheel
         self.func = func
         self.name = name
-        self.json_task = ',"task":%s,"due":' % _json_str(name)  # its part of an add line
         self.retries = retries
         self.retry_delay = retry_delay
         self.retry_backoff = retry_backoff
+        self.result_ttl = result_ttl
+        self.timeout = timeout
+        self.is_async = is_async
+        self._part = _add_part(name)
+        self._lo, self._hi, self._sig = _arity(func)
+        # The argument counts delay() accepts without a closer look (none, with a
+        # required keyword-only parameter).
+        self._counts = range(self._lo, sys.maxsize if self._hi == _INF else self._hi + 1)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the function now, in this thread."""
+        """Run the function now, in this thread (an async task returns its coroutine)."""
         return self.func(*args, **kwargs)
 
     def delay(self, *args: Any, count_down: float | timedelta | None = None,
               eta: datetime | float | None = None, task_id: str | None = None,
               **kwargs: Any) -> TaskHandle:
-        """Journal the call and run it ``count_down`` seconds from now, or at ``eta``."""
+        """Journal the call and run it ``count_down`` seconds from now, or at ``eta``.
+
+        ``eta`` is an aware datetime, epoch seconds, or a naive datetime,
+        which is read as LOCAL time (so ``datetime.utcnow()`` is wrong: use
+        ``datetime.now(timezone.utc)``).  With neither, it runs at the next
+        tick.  Returns once the task is journaled.
+        """
         return self.wheel._submit(self, args, kwargs, count_down, eta, task_id)
 
     def schedule(self, args: Iterable = (), kwargs: dict | None = None, *,
@@ -1462,14 +2879,60 @@ class Task:
         """Like ``delay``, for functions with their own ``count_down``, ``eta`` or ``task_id``."""
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError("schedule() takes kwargs as a dict, not %s" % type(kwargs).__name__)
-        return self.wheel._submit(self, tuple(args), kwargs or {}, count_down, eta, task_id)
+        return self.wheel._submit(self, tuple(args), kwargs or {}, count_down, eta, task_id,
+                                  options_checked=True)
+
+    async def adelay(self, *args: Any, count_down: float | timedelta | None = None,
+                     eta: datetime | float | None = None, task_id: str | None = None,
+                     **kwargs: Any) -> TaskHandle:
+        """``delay`` for asyncio code: the wait for the disk (fsync="always") never blocks the loop."""
+        return await self.wheel._asubmit(self, args, kwargs, count_down, eta, task_id, False)
+
+    async def aschedule(self, args: Iterable = (), kwargs: dict | None = None, *,
+                        count_down: float | timedelta | None = None,
+                        eta: datetime | float | None = None,
+                        task_id: str | None = None) -> TaskHandle:
+        """``schedule`` for asyncio code."""
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError("aschedule() takes kwargs as a dict, not %s" % type(kwargs).__name__)
+        return await self.wheel._asubmit(self, tuple(args), kwargs or {}, count_down, eta,
+                                         task_id, True)
+
+    def _check_call(self, args: tuple, kwargs: dict, options_checked: bool = False) -> None:
+        """Raise TypeError, before anything is journaled, for a call the function would refuse."""
+        sig = self._sig
+        params = sig.parameters if sig is not None else {}
+        if not options_checked:
+            for key in kwargs:
+                meant = _MISSPELT.get(key)
+                if meant is not None and key not in params:
+                    raise TypeError("%s.delay() got the keyword %r, which looks like a misspelt "
+                                    "option: use %s=..., or schedule(kwargs={%r: ...}) if the task "
+                                    "really takes it" % (self.name, key, meant, key))
+        if sig is None:
+            return
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError("%s.delay(): %s; nothing was journaled" % (self.name, exc)) from None
+
+    def _retry_wait(self, tries: int) -> float:
+        """Seconds before retry number ``tries``: retry_delay * retry_backoff ** (tries - 1), capped."""
+        try:
+            wait = self.retry_delay * self.retry_backoff ** (tries - 1)
+        except OverflowError:
+            wait = _INF
+        return min(wait, _MAX_RETRY_WAIT)
 
     def __repr__(self) -> str:
         return "<Task %s>" % self.name
 
 
+_MAX_RETRY_WAIT = 365 * 86400.0  # the longest wait before a retry, whatever the backoff says
+
+
 class TaskHandle:
-    """What ``delay()`` returns: the task's id, its status, and a way to cancel it."""
+    """What ``delay()`` returns: the task's id, its status, its result, and ways to change it."""
 
     __slots__ = ("_wheel", "id")
 
@@ -1484,6 +2947,19 @@ class TaskHandle:
     def cancel(self) -> bool:
         """Cancel the task if it has not started; True if it was cancelled."""
         return self._wheel.cancel(self.id)
+
+    def reschedule(self, count_down: float | timedelta | None = None,
+                   eta: datetime | float | None = None) -> bool:
+        """Move the task if it is pending; True if it moved."""
+        return self._wheel.reschedule(self.id, count_down=count_down, eta=eta)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's return value once it has run (see ``Wheel`` for what can be raised)."""
+        return self._wheel._result(self.id, timeout)
+
+    async def aresult(self, timeout: float | None = None) -> Any:
+        """``result`` for asyncio code: awaits without a thread."""
+        return await self._wheel._aresult(self.id, timeout)
 
     def __repr__(self) -> str:
         return "<TaskHandle %s>" % self.id
@@ -1511,20 +2987,23 @@ def _new_id_prefix() -> None:
 
 
 _new_id_prefix()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 # --------------------------------------------------------------------------
 # Wheel
 # --------------------------------------------------------------------------
 
-_FINISHED_MEMORY = 65536
 _COMPACT_MIN = 10_000
+_MEMORY, _PRODUCER, _OWNER = "memory", "producer", "owner"
+_STATES = ("new", "standby", "running", "stopping", "closed")
+_WHEELS: weakref.WeakSet = weakref.WeakSet()  # for fork: every Wheel of this process
+_MIN_TICK = 0.001
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("'%s' must be an integer, not %s" % (name, type(value).__name__))
+    if value < low:
         raise ValueError("'%s' must be an integer >= %d, not %r" % (name, low, value))
     return value
 
@@ -1542,101 +3021,153 @@ def _check_seconds(name: str, value: Any, positive: bool = False) -> float:
     return value
 
 
-def _due_of(value: Any) -> float:
-    """A journal record's due time; ValueError unless it is a finite number."""
-    if value.__class__ is not float:
-        if value.__class__ is not int:
-            raise TypeError("due must be a number, not %s" % type(value).__name__)
-        try:
-            value = float(value)
-        except OverflowError:  # an int beyond any float
-            value = _INF
-    if not -_INF < value < _INF:
-        raise ValueError("due must be a finite number of seconds")
-    return value
+def _check_task_id(task_id: Any) -> str:
+    if task_id.__class__ is not str or not task_id:
+        raise TypeError("task_id must be a non-empty str, not %r" % (task_id,))
+    if _CONTROL.search(task_id):
+        raise ValueError("task_id %r holds a control character (a newline, an escape...), which "
+                         "would garble logs and listings: use printable text" % (task_id,))
+    return task_id
 
 
 class Wheel:
-    """A delay queue: a timing wheel, a worker pool and a journal.
+    """A delay queue: a timing wheel, runners and a journal.
 
-    ``Wheel(path)`` is a producer until ``start()`` makes it the owner;
-    ``Wheel()`` keeps everything in memory and runs due tasks in the calling
-    thread on ``tick()`` until it is started.
+    ``Wheel(path)`` touches nothing until it is first used; it is then a
+    producer (it adds and changes tasks) until ``start()`` makes it the
+    owner.  ``Wheel()`` keeps everything in memory and, until it is
+    started, runs due tasks in the calling thread on ``tick()``.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, workers: int = 4,
-                 queue_size: int | None = None, slots: int = 3600, tick: float = 1.0,
-                 fsync: str = "batch", clock: Any = None):
-        self._workers = _check_int("workers", workers, 1)
-        self._queue_size = _check_int("queue_size", 2 * workers if queue_size is None else queue_size, 1)
-        self._nslots = _check_int("slots", slots, 1)
-        self._tick = _check_seconds("tick", tick, positive=True)
-        if self._tick == 1.0:
-            # k * 1.0 is exact for every tick below 2**53 seconds: the plain C
-            # functions give the same ticks as the general methods, and fast.
-            self._tick_floor, self._tick_ceil = math.floor, math.ceil
-        if fsync not in ("always", "batch", "never"):
-            raise ValueError("'fsync' must be 'always', 'batch' or 'never', not %r" % (fsync,))
-        self._clock = clock if clock is not None else SystemClock()
-        self._now = time.time if self._clock.__class__ is SystemClock else self._clock.time
-        self._path = None if path is None else os.fspath(path)
-        self._journal = _Journal(self._path, fsync)
-        self._always = fsync == "always"
+                 queue_size: int | None = None, async_workers: int = 100, slots: int = 3600,
+                 tick: float = 1.0, fsync: str = "batch", clock: Any = None):
         self._registry: dict[str, Task] = {}
-
-        # State lock; _idle is notified by the timer and the workers whenever
-        # the processed tick or the queued/running counts change (join waits).
-        self._lock = threading.Lock()
+        self._store: Any = None  # chosen at first use
+        self._table: _Table | None = None
+        self._role: str | None = None
+        self._state = "new"
+        self._fault: str | None = None  # why an owner stopped taking tasks from its journal
+        self._lock = threading.Lock()  # the state lock: never held for I/O or user code
+        # Notified whenever the processed tick or the queued/running tasks change
+        # (join() waits), and when a task finishes (result() waits).
         self._idle = threading.Condition(self._lock)
-        self._tasks: dict[str, _Rec] = {}
-        self._ring = _Ring(self._nslots, self._tick_floor(self._clock.time()))
-        self._finished: dict = {}  # id -> final state, of the last 65,536 or more
-        # Events and the queued/running counts; "pending" is the ring's size (see stats()).
-        self._counts = dict.fromkeys(("queued", "running", "done", "failed", "retried",
-                                      "cancelled"), 0)
-        self._live = path is None  # state is held here (owner, or in memory)
-        self._state = "new"  # new, standby, running, stopping, closed
+        self._open_lock = threading.Lock()
+        self._tick_lock = threading.Lock()
+        self._view_lock = threading.Lock()
         self._stopping = threading.Event()
         self._closed = threading.Event()
         self._wakeup = threading.Event()
-        self._tick_lock = threading.Lock()
+        self._sync_soon = threading.Event()  # fsync="always": outcomes the loop wrote, for the timer
         self._threads: list[threading.Thread] = []
-        self._pool: _Pool | None = None
-        self._owner_fd: int | None = None
-        self._generation = 0
-        if self._path is not None:
-            self._journal.open()
+        self._pool: _Threads | None = None
+        self._loop: _Loop | None = None
+        self._waiters: list = []  # (loop, future) of aresult() calls in the owner
+        self._saved: Any = None  # what testing() put aside
+        self._set(path=path, workers=workers, queue_size=queue_size, async_workers=async_workers,
+                  slots=slots, tick=tick, fsync=fsync, clock=clock)
+        _WHEELS.add(self)
+
+    def _set(self, **options: Any) -> None:
+        """Check and set constructor options (all of them, or those ``configure`` names)."""
+        known = ("path", "workers", "queue_size", "async_workers", "slots", "tick", "fsync", "clock")
+        for name in options:
+            if name not in known:
+                raise TypeError("unknown Wheel option %r; the options are %s"
+                                % (name, ", ".join(known)))
+        o = dict(getattr(self, "_options", {}), **options)
+        path = o["path"]
+        if path is not None:
+            path = os.fspath(path)
+            if not isinstance(path, str) or not path:
+                raise TypeError("a journal path must be a non-empty str or os.PathLike, not %r" % (path,))
+        workers = _check_int("workers", o["workers"], 1)
+        queue_size = 2 * workers if o["queue_size"] is None else _check_int("queue_size", o["queue_size"], 1)
+        async_workers = _check_int("async_workers", o["async_workers"], 1)
+        slots = _check_int("slots", o["slots"], 1)
+        tick = _check_seconds("tick", o["tick"], positive=True)
+        if tick < _MIN_TICK:
+            raise ValueError("'tick' must be at least %g s (a millisecond), not %r: a finer tick "
+                             "cannot be kept by the timer and rounds due times wrongly"
+                             % (_MIN_TICK, o["tick"]))
+        fsync = o["fsync"]
+        if fsync not in ("always", "batch", "never"):
+            raise ValueError("'fsync' must be 'always', 'batch' or 'never', not %r" % (fsync,))
+        clock = o["clock"] if o["clock"] is not None else SystemClock()
+        if not (callable(getattr(clock, "time", None)) and callable(getattr(clock, "wait", None))):
+            raise TypeError("'clock' must have time() and wait(event, timeout), as "
+                            "wheelq.SystemClock and wheelq.ManualClock do")
+        self._options = o
+        self._path, self._workers, self._queue_size = path, workers, queue_size
+        self._async_workers, self._nslots, self._tick = async_workers, slots, tick
+        self._fsync, self._clock = fsync, clock
+        self._always = fsync == "always"
+        self._now = clock.time
+        if tick == 1.0:
+            # k * 1.0 is exact for every tick below 2**53 seconds: the C functions
+            # give the ticks the general methods give, and fast.
+            self._tick_floor, self._tick_ceil = math.floor, math.ceil
+        else:
+            self._tick_floor = functools.partial(Wheel._tick_floor, self)
+            self._tick_ceil = functools.partial(Wheel._tick_ceil, self)
+
+    def configure(self, **options: Any) -> Wheel:
+        """Change constructor options (path, workers, fsync...) before the wheel is first used."""
+        if self._store is not None:
+            raise WheelqError("configure() comes too late: this Wheel is in use already (its journal "
+                              "is open); configure it before its first delay(), start() or get()")
+        self._set(**options)
+        return self
 
     def __repr__(self) -> str:
-        return "<Wheel %s %s>" % (self._path or "(memory)", self._state)
+        return "<Wheel %s %s %s>" % (self._path or "(memory)", self._role or "unopened", self._state)
 
-    # -- registering -------------------------------------------------------------
+    # -- registering -----------------------------------------------------------------
 
     def task(self, name: str | None = None, *, retries: int = 0, retry_delay: float = 1.0,
-             retry_backoff: float = 2.0) -> Callable[[Callable], Task]:
-        """Register a function as a task; returns a decorator."""
+             retry_backoff: float = 2.0, result_ttl: float | timedelta = 0,
+             timeout: float | timedelta | None = None) -> Callable[[Callable], Task]:
+        """Register a function (or an ``async def``) as a task; returns a decorator."""
         _check_int("retries", retries, 0)
         retry_delay = _check_seconds("retry_delay", retry_delay)
-        if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, (int, float)) \
-                or not math.isfinite(retry_backoff) or retry_backoff < 1:
+        if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, (int, float)):
+            raise TypeError("'retry_backoff' must be a number >= 1, not %s" % type(retry_backoff).__name__)
+        if not math.isfinite(retry_backoff) or retry_backoff < 1:
             raise ValueError("'retry_backoff' must be a finite number >= 1, not %r" % (retry_backoff,))
+        result_ttl = _check_seconds("result_ttl", result_ttl)
+        if timeout is not None:
+            timeout = _check_seconds("timeout", timeout, positive=True)
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError("task name must be a non-empty str, not %r" % (name,))
+        if name is not None and _CONTROL.search(name):
+            raise ValueError("task name %r holds a control character: use printable text" % (name,))
 
         def decorator(func: Callable) -> Task:
             if not callable(func):
                 raise TypeError("@wheel.task() decorates a function, not %r" % (func,))
-            tname = name or "%s.%s" % (func.__module__, func.__qualname__)
+            is_async = inspect.iscoroutinefunction(func) or \
+                inspect.iscoroutinefunction(getattr(func, "__call__", None))
+            if timeout is not None and not is_async:
+                raise TypeError("timeout= applies to async def tasks: a thread cannot be "
+                                "interrupted; give the function a timeout of its own")
+            module = getattr(func, "__module__", None)
+            tname = name or "%s.%s" % (module, getattr(func, "__qualname__", type(func).__name__))
+            if name is None and module == "__main__":
+                logger.warning("task %s is registered from __main__: other processes import your "
+                               "module under its own name and will not find it (their tasks of this "
+                               "name become dead letters); give it a name, @wheel.task(name=%r), or "
+                               "register it in an importable module", tname, tname.split(".", 1)[1])
             if tname in self._registry:
                 raise ValueError("a task named %r is already registered; pass name=... to tell "
                                  "them apart" % tname)
-            task = Task(self, func, tname, retries, retry_delay, float(retry_backoff))
+            task = Task(self, func, tname, retries, retry_delay, float(retry_backoff), result_ttl,
+                        timeout, is_async)
             self._registry[tname] = task
             return task
 
         return decorator
 
-    # -- time ------------------------------------------------------------------------
+    # -- time ---------------------------------------------------------------------------
 
     def _tick_floor(self, t: float) -> int:
         """The last tick whose instant ``k * tick`` is at or before ``t``."""
@@ -1657,539 +3188,683 @@ class Wheel:
         return k
 
     def _due(self, count_down: Any, eta: Any) -> float:
+        """The due time of section 2: now + count_down, or eta; ValueError/TypeError otherwise."""
         if count_down is not None:
             if eta is not None:
                 raise TypeError("give count_down or eta, not both")
-            if count_down.__class__ is not float and count_down.__class__ is not int:
-                count_down = _check_seconds("count_down", count_down)
-            elif not (0 <= count_down < math.inf):
-                _check_seconds("count_down", count_down)
-            return self._now() + count_down
+            return self._now() + _check_seconds("count_down", count_down)
         if eta is None:
             return self._now()
         if isinstance(eta, datetime):
-            return eta.timestamp()
+            due = eta.timestamp()
+            if eta.tzinfo is None and due < self._now() - 3600:
+                logger.warning("eta %s is a naive datetime more than an hour in the past: wheelq "
+                               "reads a naive datetime as local time (datetime.utcnow() is wrong); "
+                               "pass an aware one, e.g. datetime.now(timezone.utc)", eta.isoformat())
+            return due
         if isinstance(eta, bool) or not isinstance(eta, (int, float)):
             raise TypeError("eta must be a datetime or epoch seconds, not %s" % type(eta).__name__)
         if not math.isfinite(eta):
             raise ValueError("eta must be finite, not %r" % eta)
         return float(eta)
 
-    # -- adding ------------------------------------------------------------------------
+    # -- opening ------------------------------------------------------------------------
 
-    def _submit(self, task: Task, args: tuple, kwargs: dict, count_down, eta, task_id) -> TaskHandle:
+    def _open(self) -> _Table:
+        """First use: open the store this wheel names; return the table."""
+        with self._open_lock:
+            if self._table is not None:
+                return self._table
+            if self._state == "closed":
+                raise WheelClosed("this Wheel was stopped; build a new Wheel to go on")
+            if self._path is None:
+                store: Any = _MemoryStore()
+                table = _Table(_Ring(self._nslots, self._tick_floor(self._now())), self._tick_ceil)
+                table.counting = True
+                role = _MEMORY
+            else:
+                store = _store_for(self._path, self._fsync)
+                store.open()
+                table, role = _Table(), _PRODUCER
+            self._store, self._role = store, role
+            self._table = table
+            return table
+
+    # -- adding ---------------------------------------------------------------------------
+
+    def _submit(self, task: Task, args: tuple, kwargs: dict, count_down: Any, eta: Any,
+                task_id: Any, options_checked: bool = False) -> TaskHandle:
+        if kwargs or len(args) not in task._counts:
+            task._check_call(args, kwargs, options_checked)
         cls = count_down.__class__
         if (cls is float or cls is int) and eta is None and 0 <= count_down < _INF:
             due = self._now() + count_down  # the common case of _due, inline
         else:
             due = self._due(count_down, eta)
-        if task_id is None:
-            tid = "%s%x" % (_ID_PREFIX, next(_ID_COUNTER))
-        elif task_id.__class__ is not str or not task_id:
-            raise TypeError("task_id must be a non-empty str, not %r" % (task_id,))
-        else:
-            tid = task_id
-        journal = self._journal
-        if self._live:
-            data = _add_line(_OWNER_ADD, tid, task, due, args, kwargs)
-            rec = _Rec(tid, task.name, args, due)
-            if kwargs:
-                rec.extra(kwargs, 0, None)
-            k = self._tick_ceil(due)
-            # Under fsync="always" the line is deferred (see _Journal.defer), and
-            # the task waits outside the ring until its line is in the file, so
-            # that the timer cannot run a task whose delay() then fails.  A
-            # task_id is written at once, since another delay() may find it.
-            deferred = self._always and task_id is None
-            found = None
-            # acquire() and release(), not ``with``: on this path two with
-            # statements cost as much again as the two locks themselves.
-            journal.lock.acquire()
-            try:
-                if self._state in ("stopping", "closed"):
-                    raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
-                if task_id is not None:
-                    found = self._tasks.get(tid)
+        tid = "%s%x" % (_ID_PREFIX, next(_ID_COUNTER)) if task_id is None else _check_task_id(task_id)
+        table = self._table or self._open()
+        role = self._role
+        if role is _PRODUCER:
+            return self._produce(task, tid, due, args, kwargs)
+        data = _add_line(_OWNER_ADD, tid, task._part, task.name, due, args, kwargs)
+        rec = _Rec(tid, task.name, args, due)
+        if kwargs:
+            rec.set(kwargs)
+        # fsync="always": the line is deferred (see _FileStore.defer), and the task
+        # waits outside the ring until it is durable, so the timer cannot run a
+        # task whose delay() then fails.  A task_id is written at once, since
+        # another delay() may look for it.
+        deferred = self._always and task_id is None and role is _OWNER
+        found = None
+        store, lock = self._store, self._lock
+        # acquire() and release(), not ``with``: on this, the hottest path, two
+        # with statements cost as much again as the locks themselves.
+        store.lock.acquire()
+        try:
+            if self._state in ("stopping", "closed"):
+                raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
+            if task_id is None and not deferred:
+                seq = store.append(data, None, 1)
+                lock.acquire()
+                table.add(rec)
+                lock.release()
+            elif deferred:
+                seq = store.defer(data)
+                lock.acquire()
+                table.add(rec, False)
+                lock.release()
+            else:
+                def build() -> bytes:  # after the lines others appended are in
+                    nonlocal found
+                    with lock:
+                        found = table.tasks.get(tid)
+                    return b"" if found is not None else data
+                seq = store.append(b"", build)
                 if found is None:
-                    seq = journal.defer(data) if deferred else journal.write(data)
-                    self._lock.acquire()
-                    try:
-                        self._tasks[tid] = rec
-                        if not deferred:
-                            self._ring.add(rec, k)
-                    finally:
-                        self._lock.release()
-            finally:
-                journal.lock.release()
-            if found is not None:
-                return self._existing(found)
+                    with lock:
+                        table.add(rec)
+        finally:
+            store.lock.release()
+        if found is not None:
+            return self._existing(found)
+        if self._always and role is _OWNER:
+            self._commit_or_take_back(seq, rec)
             if deferred:
-                self._commit_or_cancel(seq, tid)
-                with self._lock:
-                    if rec.at is PENDING and self._tasks.get(tid) is rec:
-                        self._ring.add(rec, k)
-                return TaskHandle(self, tid)
-        else:
-            data = _add_line(_PRODUCER_ADD, tid, task, due, args, kwargs)
-            found = None
-            with journal.lock:
-                if self._state == "closed":
-                    raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
-                if task_id is None:
-                    seq = journal.write(data)
-                else:
-                    journal._lock_file()
-                    try:
-                        self._refresh_view()
-                        found = self._tasks.get(tid)
-                        if found is None:
-                            seq = journal.write_locked(data)
-                    finally:
-                        journal._unlock_file()
-            if found is not None:
-                return self._existing(found)
+                with lock:
+                    table.release(rec)
+        return TaskHandle(self, tid)
+
+    def _produce(self, task: Task, tid: str, due: float, args: tuple, kwargs: dict) -> TaskHandle:
+        """A producer's add: one line, appended; the owner applies the first live add of an id."""
+        data = _add_line(_PRODUCER_ADD, tid, task._part, task.name, due, args, kwargs)
+        store = self._store
+        with store.lock:
+            if self._state == "closed":
+                raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
+            seq = store.append(data)
         if self._always:
-            self._commit_or_cancel(seq, tid)
+            try:
+                store.commit(seq)
+            except OSError:
+                self._take_back_line(tid)
+                raise
         return TaskHandle(self, tid)
 
     def _existing(self, rec: _Rec) -> TaskHandle:
-        """The handle of the live task that a ``delay(task_id=...)`` found (called with no lock held)."""
-        if rec.state == FAILED:
+        """The handle of the live task a ``delay(task_id=...)`` found."""
+        with self._lock:
+            failed = self._table.state(rec) == FAILED
+        if failed:
             raise WheelqError("a dead letter holds task id %r; requeue() or purge() it first" % rec.id)
         if self._always:
-            self._journal.sync()  # its add is in the file: return once it is durable too
+            self._store.sync()  # its add is in the file: return once it is durable too
         return TaskHandle(self, rec.id)
 
-    def _commit_or_cancel(self, seq: int, tid: str) -> None:
+    def _commit_or_take_back(self, seq: int, rec: _Rec) -> None:
         """fsync="always": make the add durable, or take it back and raise."""
         try:
-            self._journal.commit(seq)
+            self._store.commit(seq)
         except OSError as exc:
             try:
-                if getattr(exc, "unwritten", False):  # not in the file: forget it here only
+                if getattr(exc, "unwritten", False):  # never in the file: forget it here only
                     with self._lock:
-                        rec = self._tasks.pop(tid, None)
-                        if rec is not None:
-                            self._ring.remove(rec)
-                            rec.at = UNKNOWN
+                        self._table.forget(rec)
                 else:
-                    self.cancel(tid)
+                    self.cancel(rec.id)
             except Exception:  # the original error is the one to report
-                logger.exception("could not take back task %s after a failed write", tid)
+                logger.exception("could not take back task %s after a failed write", rec.id)
             raise
 
-    # -- the state machine of one record (replay, tail, producer view) ----------------
-
-    def _apply(self, o: dict) -> None:
-        """Apply one journal record to the in-memory state."""
-        op = o["op"]
-        tid = o["id"]
-        if tid.__class__ is not str:
-            raise TypeError("id must be a string")
-        tasks = self._tasks
-        if op == "add":
-            args = o["args"]
-            kwargs = o["kwargs"]
-            due = o["due"]
-            name = o["task"]
-            if args.__class__ is not list or kwargs.__class__ is not dict or name.__class__ is not str:
-                raise TypeError("task must be a string, args a list and kwargs an object")
-            # Interned: a million records share the one str of their task's name.
-            rec = _Rec(tid, sys.intern(name), args, _due_of(due))
-            if tasks.setdefault(tid, rec) is not rec:
-                return  # an id that is already live: adding is idempotent
-            if kwargs or "tries" in o:
-                rec.extra(kwargs or None, o.get("tries", 0), o.get("error"))
-            if self._live:
-                self._ring.add(rec, self._tick_ceil(rec.due))
-            return
-        rec = tasks.get(tid)
-        if op in ("done", "cancel", "purge"):
-            if rec is None:
-                return
-            if op == "purge" and rec.state != FAILED:
-                return
-            if op == "cancel" and rec.state not in (PENDING, QUEUED):
-                return
-            self._finish(rec, DONE if op == "done" else CANCELLED)
-        elif op == "retry":
-            due = _due_of(o["due"])
-            tries = int(o["tries"])
-            if rec is not None:
-                self._unplace(rec)
-                rec.outcome(tries, o.get("error"))
-                rec.due = due
-                self._place(rec)
-        elif op == "fail":
-            tries = int(o["tries"])
-            if rec is not None:
-                self._unplace(rec)
-                rec.outcome(tries, o.get("error"))
-                rec.state = FAILED
-        elif op == "requeue":
-            due = _due_of(o["due"])
-            if rec is not None and rec.state == FAILED:
-                rec.outcome(0, None)
-                rec.due = due
-                self._place(rec)
-        else:
-            raise ValueError("unknown op %r" % (op,))
-
-    def _replay_records(self, rows: list) -> None:
-        """Apply the rows of ``_scan_rows`` in order, as ``_apply`` would; ``_BadRecord`` names a bad one.
-
-        Replay holds no ring (``_live`` is off), and a big replay is bound by
-        this loop: the adds and dones that ``_scan_rows`` read are applied
-        here inline, and only the other lines go through ``_apply``.
-        """
-        tasks = self._tasks
-        keep, get = tasks.setdefault, tasks.get
-        apply, finish = self._apply, self._finish
-        i = 0
+    def _take_back_line(self, tid: str) -> None:
+        """A producer's add reached the file but not the disk: journal a cancel for it."""
         try:
-            for i, row in enumerate(rows):
-                cls = row.__class__
-                if cls is _Rec:
-                    keep(row.id, row)  # a live id keeps its record: adding is idempotent
-                elif cls is tuple:
-                    rec = get(row[0])
-                    if rec is not None:
-                        finish(rec, DONE)
-                else:
-                    apply(row)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise _BadRecord(i, exc) from None
+            with self._store.lock:
+                self._store.append(_line({"p": 1, "op": "cancel", "id": tid}))
+        except Exception:
+            logger.exception("could not take back task %s after a failed fsync", tid)
 
-    def _place(self, rec: _Rec) -> None:
-        """Make ``rec`` pending (caller holds the state lock, or owns all state)."""
-        rec.state = PENDING
-        if self._live:
-            self._ring.add(rec, self._tick_ceil(rec.due))
+    async def _asubmit(self, task: Task, args: tuple, kwargs: dict, count_down: Any, eta: Any,
+                       task_id: Any, options_checked: bool) -> TaskHandle:
+        """adelay(): the append happens here; an fsync="always" commit waits in a thread."""
+        if not self._always:
+            return self._submit(task, args, kwargs, count_down, eta, task_id, options_checked)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(
+            self._submit, task, args, kwargs, count_down, eta, task_id, options_checked))
 
-    def _unplace(self, rec: _Rec) -> None:
-        """Take a pending ``rec`` out of the ring (queued/running ones are not in it)."""
-        self._ring.remove(rec)
+    # -- reading others' records ------------------------------------------------------------
 
-    def _finish(self, rec: _Rec, state: str) -> None:
-        """Forget ``rec`` as finished, remembering its final state for a while.
+    def _deliver(self, text: str, lineno: int, raws: dict | None) -> None:
+        """Owner, called by the store holding its lock: apply the lines others appended."""
+        with self._lock:
+            self._table.read(text, lineno, self._skip_bad, raws)
+            self._idle.notify_all()
+        self._wake_waiters()
 
-        Replay calls this for every ``done`` line, so it reads ``at`` directly.
-        """
-        at = rec.at
-        if at.__class__ is int:  # pending in the ring
-            self._ring.remove(rec)
-        elif at == QUEUED:
-            self._counts["queued"] -= 1
-        if state == CANCELLED and self._live:
-            self._counts["cancelled"] += 1
-        rec.at = state
-        self._tasks.pop(rec.id, None)
-        finished = self._finished
-        finished[rec.id] = state
-        if len(finished) > 2 * _FINISHED_MEMORY:
-            # Drop the older half at once.  One at a time costs more: a dict
-            # scans the holes its deletions leave at the front (about 25 us a
-            # call at this size), and an OrderedDict keeps a node per entry.
-            self._finished = dict(itertools.islice(finished.items(), _FINISHED_MEMORY, None))
+    def _skip_bad(self, lineno: int, reason: str, raw: bytes, last: bool) -> None:
+        logger.warning("journal %s line %d: skipped a line this owner cannot read (%s): %s; "
+                       "`python -m wheelq check` lists the bad lines", self._path, lineno,
+                       _printable(reason), _printable(repr(raw[:120])))
 
-    def _restore(self, rec: _Rec, op: str, saved: tuple) -> None:
-        """Undo ``_apply`` of a change whose record could not be written."""
-        if rec.id not in self._tasks:
-            self._tasks[rec.id] = rec
-            self._finished.pop(rec.id, None)
-        self._unplace(rec)
-        if op == "cancel":
-            self._counts["cancelled"] -= 1
-        rec.due = saved[1]
-        rec.outcome(*saved[2:])
-        if saved[0] == FAILED:
-            rec.state = FAILED
-        else:
-            self._place(rec)
+    def _view(self) -> _Table:
+        """The table, brought up to date for a producer (read without the store's lock)."""
+        table = self._table or self._open()
+        if self._role is not _PRODUCER or self._state == "closed":
+            return table
+        store = self._store
 
-    def _refresh_view(self) -> None:
-        """Producer, holding the journal lock and flock: read what was appended."""
-        journal = self._journal
-        try:
-            data, lineno = journal.tail()
-            with self._lock:
-                if journal.generation != self._generation:
-                    # Compaction replaced the file: rebuild the view from its start.
-                    self._generation = journal.generation
-                    self._tasks.clear()
-                _apply_lines(data, lineno, self._path, self._apply, producers_only=False)
-        except JournalCorrupt:
-            journal.offset = journal.lineno = 0  # read it all again next time
-            journal.generation += 1
-            raise
+        def refuse(lineno: int, reason: str, raw: bytes, last: bool) -> None:
+            raise JournalCorrupt(self._path, lineno, _bad_line(reason, raw))
 
-    def _view(self) -> None:
-        """Bring a producer's view of the journal up to date."""
-        if not self._live and self._path is not None and self._journal.fd is not None:
-            with self._journal.lock:
-                self._journal._lock_file()
+        with self._view_lock:
+            reset, text, lineno, raws = store.view()
+            if reset:
+                self._table = table = _Table()
+            if text:
                 try:
-                    self._refresh_view()
-                finally:
-                    self._journal._unlock_file()
+                    with self._lock:
+                        table.read(text, lineno, refuse, raws)
+                except JournalCorrupt:
+                    store.view_reset()  # read it all again next time
+                    self._table = _Table()
+                    raise
+        return self._table
 
-    # -- inspecting and changing tasks -------------------------------------------------
+    # -- inspecting --------------------------------------------------------------------------
 
     @property
     def is_owner(self) -> bool:
         """True while this wheel holds the owner lock (or, in memory, while started)."""
-        return self._state in ("running", "stopping") and self._live
+        return self._state in ("running", "stopping") and self._role in (_OWNER, _MEMORY)
 
     def get(self, task_id: str) -> TaskInfo | None:
-        """The task with this id, or None if it is finished or unknown."""
-        self._view()
+        """The task with this id (a finished one while its result is kept), or None."""
+        table = self._view()
         with self._lock:
-            rec = self._tasks.get(task_id)
-            return None if rec is None else _info(rec)
+            rec = table.tasks.get(task_id)
+            if rec is not None:
+                return _info(rec, table.state(rec))
+            kept = table.result(task_id, self._now())
+            return None if kept is None else _info(kept[0], DONE, kept[1])
 
-    def pending(self) -> list[TaskInfo]:
-        """Tasks not yet finished (pending, queued or running), sorted by due time."""
-        self._view()
+    def pending(self, name: str | None = None) -> list[TaskInfo]:
+        """Tasks not yet finished (pending, queued or running), sorted by due time.
+
+        ``name`` is a task name or a shell-style pattern (``"shop.*"``).
+        """
+        match = _name_matcher(name)
+        table = self._view()
         with self._lock:
-            recs = [r for r in self._tasks.values() if r.state != FAILED]
-            return [_info(r) for r in sorted(recs, key=_by_due)]
+            recs = [r for r in table.tasks.values() if r.id not in table.failed and match(r.name)]
+            return [_info(r, table.state(r)) for r in sorted(recs, key=_by_due)]
 
     def failed(self) -> list[TaskInfo]:
         """The dead letters, sorted by due time."""
-        self._view()
+        table = self._view()
         with self._lock:
-            recs = [r for r in self._tasks.values() if r.state == FAILED]
-            return [_info(r) for r in sorted(recs, key=_by_due)]
+            failed = table.failed
+            recs = [r for r in table.tasks.values() if r.id in failed]  # in the order of their adds
+            return [_info(r, FAILED) for r in sorted(recs, key=_by_due)]
 
     def stats(self) -> dict:
-        """Current pending/queued/running counts and events since this Wheel was built."""
-        self._view()
+        """Current pending/queued/running counts, and events since this Wheel was built."""
+        table = self._view()
         with self._lock:
-            if self._live:
-                # A running owner's pending tasks wait in the ring.  (After stop(), the
-                # queued tasks it took back are pending in the journal, not here.)
-                pending = len(self._ring)
-            else:
-                pending = sum(1 for r in self._tasks.values() if r.state != FAILED)
-            return dict(pending=pending, **self._counts)
+            return table.counts()
 
     def _status(self, tid: str) -> str:
-        self._view()
+        table = self._view()
         with self._lock:
-            rec = self._tasks.get(tid)
-            if rec is not None:
-                return rec.state
-            return self._finished.get(tid, UNKNOWN)
+            return table.status(tid)
+
+    # -- changing tasks -----------------------------------------------------------------------
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task that has not started; True if it was cancelled."""
-        return self._change(task_id, "cancel", (PENDING, QUEUED), None)
+        return self._change("cancel", task_id, {}, (PENDING, QUEUED))
+
+    def reschedule(self, task_id: str, *, count_down: float | timedelta | None = None,
+                   eta: datetime | float | None = None) -> bool:
+        """Move a pending task to a new due time; True if it moved."""
+        if (count_down is None) == (eta is None):
+            raise TypeError("reschedule() takes count_down or eta (one of them)")
+        return self._change("reschedule", task_id, {"due": self._due(count_down, eta)}, (PENDING,))
 
     def requeue(self, task_id: str, count_down: float | timedelta = 0) -> TaskHandle:
         """Give a dead letter a fresh start ``count_down`` seconds from now."""
-        due = self._clock.time() + _check_seconds("count_down", count_down)
-        if not self._change(task_id, "requeue", (FAILED,), due):
+        due = self._now() + _check_seconds("count_down", count_down)
+        if not self._change("requeue", task_id, {"due": due}, (FAILED,)):
             raise UnknownTask("no dead letter with id %r; wheel.failed() lists them" % (task_id,))
         return TaskHandle(self, task_id)
 
     def purge(self, task_id: str) -> bool:
         """Delete a dead letter for good; True if there was one."""
-        return self._change(task_id, "purge", (FAILED,), None)
+        return self._change("purge", task_id, {}, (FAILED,))
 
-    def _change(self, tid: str, op: str, states: tuple, due: float | None) -> bool:
-        """Journal ``op`` for ``tid`` if its state is one of ``states``, then apply it."""
-        record = {"op": op, "id": tid} if due is None else {"op": op, "id": tid, "due": due}
-        journal = self._journal
-        with journal.lock:
+    def _change(self, op: str, tid: str, fields: dict, allowed: tuple) -> bool:
+        """Journal ``op`` for task ``tid`` if its state is one of ``allowed``, and apply it.
+
+        The owner decides under the store's lock, after the lines others
+        appended are in, and holds a pending task out of the ring while its
+        line is written, so the timer cannot start it meanwhile.
+        """
+        if tid.__class__ is not str:
+            raise TypeError("a task id is a str, not %s" % type(tid).__name__)
+        table = self._view()
+        store = self._store
+        if self._role is _PRODUCER:
+            with self._lock:
+                rec = table.tasks.get(tid)
+                if rec is None or table.state(rec) not in allowed:
+                    return False
+            with store.lock:
+                if self._state == "closed":
+                    raise WheelClosed("this Wheel was stopped; build a new Wheel to change tasks")
+                seq = store.append(_line(dict({"p": 1, "op": op, "id": tid}, **fields)))
+            if self._always:
+                store.commit(seq)
+            return True
+        held: list = []
+
+        def build() -> bytes:
+            with self._lock:
+                rec = table.tasks.get(tid)
+                if rec is None or table.state(rec) not in allowed:
+                    return b""
+                if table.hold(rec):
+                    held.append(rec)
+                held.append(True)
+            return _line(dict({"op": op, "id": tid}, **fields))
+
+        with store.lock:
             if self._state == "closed" or (self._state == "stopping" and op != "cancel"):
                 raise WheelClosed("this Wheel was stopped; build a new Wheel to change tasks")
-            if self._live:
+            try:
+                seq = store.append(b"", build)
+            except BaseException:
                 with self._lock:
-                    rec = self._tasks.get(tid)
-                    if rec is None or rec.state not in states:
-                        return False
-                    saved = (rec.state, rec.due, rec.tries, rec.error)
-                    self._apply(record)  # first, so the timer cannot dispatch it meanwhile
-                    self._idle.notify_all()
-                try:
-                    seq = journal.write(_line(record))
-                except BaseException:
-                    with self._lock:
-                        self._restore(rec, op, saved)
-                    raise
-            else:
-                if journal.fd is None:
-                    raise WheelClosed("this Wheel was stopped; build a new Wheel to change tasks")
-                journal._lock_file()
-                try:
-                    self._refresh_view()
-                    rec = self._tasks.get(tid)
-                    if rec is None or rec.state not in states:
-                        return False
-                    seq = journal.write_locked(_line(dict(p=1, **record)))
-                finally:
-                    journal._unlock_file()
-        if self._always:
-            journal.commit(seq)
+                    for rec in held[:-1]:
+                        table.release(rec)
+                raise
+            if not held:
+                return False
+            with self._lock:
+                getattr(table, op)(tid, **fields)
+                for rec in held[:-1]:
+                    table.release(rec)
+                self._idle.notify_all()
+        if self._always and self._role is _OWNER:
+            store.commit(seq)
         return True
 
-    # -- running -----------------------------------------------------------------------
+    # -- results --------------------------------------------------------------------------
+
+    def _result_now(self, tid: str) -> tuple:
+        """``(True, value)`` if there is a result now, ``(False, None)`` to wait; or raise."""
+        table = self._view()
+        with self._lock:
+            kept = table.results.get(tid)
+            if kept is not None:
+                rec, value, expires, error = kept
+                if expires <= self._now():
+                    raise ResultUnavailable("the result of task %s expired at %s (result_ttl of "
+                                            "%s); keep results longer with result_ttl=..."
+                                            % (tid, _iso_utc(expires), rec.name))
+                if error is not None:
+                    raise ResultUnavailable("task %s returned a value that is not JSON, so it was "
+                                            "not kept (%s); return JSON values" % (tid, error))
+                return True, value
+            rec = table.tasks.get(tid)
+            if rec is not None:
+                if tid in table.failed:
+                    raise TaskFailed(tid, rec.error, rec.tries)
+                task = self._registry.get(rec.name)
+                if task is not None and not task.result_ttl:
+                    raise ResultUnavailable("results of task %s are not kept: register it with "
+                                            "result_ttl=SECONDS to keep them" % rec.name)
+                return False, None
+            final = table.finished.get(tid)
+        if final == CANCELLED:
+            raise ResultUnavailable("task %s was cancelled (or purged): it has no result" % tid)
+        if final == DONE:
+            raise ResultUnavailable("task %s is done, but its result was not kept or has expired "
+                                    "(results are kept only with result_ttl=...)" % tid)
+        raise ResultUnavailable("no task with id %r is known here: it never existed, or finished "
+                                "long ago" % tid)
+
+    def _result(self, tid: str, timeout: float | None) -> Any:
+        deadline = None if timeout is None else _monotonic() + _check_seconds("timeout", timeout)
+        while True:
+            ready, value = self._result_now(tid)
+            if ready:
+                return value
+            left = None if deadline is None else deadline - _monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("task %s has not finished within %ss" % (tid, _number(timeout)))
+            step = self._tick if left is None else min(self._tick, left)
+            if self._role is _PRODUCER:
+                self._closed.wait(step)  # read the journal again at least once a tick
+            else:
+                with self._idle:
+                    self._idle.wait(step)
+
+    async def _aresult(self, tid: str, timeout: float | None) -> Any:
+        deadline = None if timeout is None else _monotonic() + _check_seconds("timeout", timeout)
+        loop = asyncio.get_running_loop()
+        while True:
+            ready, value = self._result_now(tid)
+            if ready:
+                return value
+            left = None if deadline is None else deadline - _monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("task %s has not finished within %ss" % (tid, _number(timeout)))
+            step = self._tick if left is None else min(self._tick, left)
+            if self._role is _PRODUCER:
+                await asyncio.sleep(step)
+                continue
+            woken = loop.create_future()
+            with self._lock:
+                self._waiters.append((loop, woken))
+            try:
+                await asyncio.wait_for(woken, step)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                with self._lock:
+                    if (loop, woken) in self._waiters:
+                        self._waiters.remove((loop, woken))
+
+    def _wake_waiters(self) -> None:
+        """A task finished: wake the aresult() calls (each re-checks its own task)."""
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:
+            try:
+                loop.call_soon_threadsafe(_settle, fut)
+            except RuntimeError:  # that loop is closed
+                pass
+
+    # -- running ------------------------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> int:
         """Process every tick up to ``now``; return how many tasks were dispatched.
 
-        On a wheel that was never started, the due tasks run in this thread.
+        This is the whole step: take in what other processes appended, expire
+        results, dispatch the due tasks, sync the journal (fsync="batch") and
+        compact it when it is due; everything that depends on the time uses
+        ``now``.  On a wheel that was never started (in memory), the due tasks
+        run in this thread, and a task added with neither count_down nor eta
+        runs at the next tick() without the clock moving.
         """
-        if not self._live:
+        table = self._table or self._open()
+        eager = self._state == "new"
+        if eager and self._role is not _MEMORY:
             raise WheelqError("tick() runs tasks, which only the owner of %s does: call start() "
                               "first (a Wheel(path) that is not started only adds tasks)" % self._path)
-        if now is None:
-            now = self._clock.time()
+        now = self._now() if now is None else float(now)
         with self._tick_lock:
-            if self._path is not None:
-                with self._journal.lock:
-                    if self._journal.fd is not None:
-                        self._ingest()
-                        journal = self._journal
-                        end = os.lseek(journal.fd, 0, os.SEEK_END)
-                        if end > journal.offset:
-                            # A line without its end: an append in flight, or one a killed
-                            # producer tore, which blocks producers until it is cut.
-                            journal._owner_mend(end)
+            owner = self._role is _OWNER
+            store = self._store
+            if owner:
+                lost = store.check()
+                if lost is not None:
+                    self._detach(lost)
+                    return 0
+                with store.lock:
+                    store.tail()
             with self._lock:
-                due = self._ring.advance(self._tick_floor(now))  # marked QUEUED
-                n = len(due)
-                self._counts["queued"] += n
+                table = self._table
+                table.expire(now)
+                k = self._tick_floor(now)
+                ring = table.ring
+                if k < ring.last:
+                    ring.rewind(k)
+                due = table.due(k)
+                if eager:
+                    due += table.due_early(k + 1, now)
                 self._idle.notify_all()
-            if not due:
-                return 0
-            if self._pool is None:
-                self._run_batch(due)
-                return n
-            size = max(1, min(_MAX_BATCH, -(-n // self._workers)))
-            for i in range(0, n, size):
-                if not self._pool.put(due[i:i + size], self._stopping):
-                    self._unqueue(due[i:])
-                    break
-            return n
+            if owner and (self._fsync == "batch" or self._sync_soon.is_set()):
+                self._sync_soon.clear()
+                try:
+                    store.sync()
+                except OSError as exc:
+                    logger.error("%s; the next tick tries again", _error_text(exc))
+            if due:
+                if eager:
+                    self._execute(due, now)
+                else:
+                    self._dispatch(due)
+            if owner:
+                self._maybe_compact(now)
+            return len(due)
 
-    def _ingest(self) -> None:
-        """Owner, holding the journal lock: apply what producers appended."""
-        data, lineno = self._journal.tail()
-        if data and _MARK in data:  # else it is all this owner's own lines: nothing to apply
-            self._journal.note_foreign_writes()  # so fsync="batch" covers them too
-            with self._lock:
-                _apply_lines(data, lineno, self._path, self._apply, producers_only=True)
+    def _dispatch(self, due: list) -> None:
+        """Hand due tasks to the runners in batches; a task a crash cut short runs alone."""
+        stopping = self._stopping
+        alone = [r for r in due if r.body.__class__ is _Extra and r.body.crashes is not None]
+        if alone:
+            # Nothing else runs beside such a task, so that if the process dies
+            # again the journal shows which task it was running.
+            due = [r for r in due if r.body.__class__ is not _Extra or r.body.crashes is None]
+            for i, rec in enumerate(alone):
+                if not self._wait_idle() or not self._runner_for(rec).submit([rec], stopping):
+                    self._unqueue(alone[i:] + due)
+                    return
+            if not self._wait_idle():
+                self._unqueue(due)
+                return
+        threads, loop = [], []
+        for rec in due:
+            task = self._registry.get(rec.name)
+            (loop if task is not None and task.is_async else threads).append(rec)
+        for recs, runner in ((loop, self._loop_runner), (threads, lambda: self._pool)):
+            if not recs:
+                continue
+            n = len(recs)
+            size = max(1, min(_MAX_BATCH, -(-n // self._workers)))
+            target = runner()
+            for i in range(0, n, size):
+                if not target.submit(recs[i:i + size], stopping):
+                    self._unqueue(recs[i:])
+                    break
+
+    def _runner_for(self, rec: _Rec) -> Any:
+        task = self._registry.get(rec.name)
+        return self._loop_runner() if task is not None and task.is_async else self._pool
+
+    def _loop_runner(self) -> _Loop:
+        """The event loop runner, started the first time an async task comes due."""
+        if self._loop is None:
+            loop = _Loop(self._async_workers, self._begin, self._report, self._unstart)
+            loop.start()
+            self._loop = loop
+        return self._loop
+
+    def _wait_idle(self) -> bool:
+        """Wait in short steps until no task runs or waits in a runner; False if stopping."""
+        with self._idle:
+            while not self._stopping.is_set():
+                if not self._table.running and self._pool.idle() and \
+                        (self._loop is None or self._loop.idle()):
+                    return True
+                self._idle.wait(0.05)
+        return False
 
     def _unqueue(self, recs: list) -> None:
-        """Tasks that were queued but will not start: they stay pending in the journal."""
         with self._lock:
-            for rec in recs:
-                if rec.state == QUEUED:
-                    rec.state = PENDING
-                    self._counts["queued"] -= 1
+            self._table.unqueue(recs)
             self._idle.notify_all()
 
-    def _run_batch(self, batch: list) -> None:
-        """Run a batch of due tasks, then journal their outcomes together."""
-        outcomes = []
-        stopping = self._stopping
-        lock = self._lock
-        registry = self._registry
-        for i, rec in enumerate(batch):
-            if stopping.is_set() and self._pool is not None:
-                self._unqueue(batch[i:])
-                break
-            with lock:
-                if rec.at is not QUEUED:
-                    continue  # cancelled while it waited in the queue
-                rec.at = RUNNING
-                self._counts["queued"] -= 1
-                self._counts["running"] += 1
-            task = registry.get(rec.name)
-            if task is None:
-                outcomes.append((rec, None, "unknown task %r" % rec.name))
-                logger.error("task %s: unknown task %r; it is now a dead letter", rec.id, rec.name)
-                continue
-            try:
-                body = rec.body
-                if body.__class__ is _Extra:
-                    task.func(*body.args, **body.kwargs) if body.kwargs else task.func(*body.args)
-                else:
-                    task.func(*body)
-            except BaseException as exc:  # a task's failure never kills the worker
-                logger.exception("task %s (%s) raised", rec.id, rec.name)
-                outcomes.append((rec, task, "%s: %s" % (type(exc).__name__, exc)))
-            else:
-                outcomes.append((rec, task, None))
-        if outcomes:
-            self._record(outcomes)
+    def _begin(self, batch: list) -> list:
+        """Journal that the batch starts; return ``(rec, task)`` of those still queued."""
+        table, store = self._table, self._store
+        ids: list = []
 
-    def _record(self, outcomes: list) -> None:
-        """Journal done/retry/fail for finished tasks and update the state."""
-        now = self._clock.time()
+        def build() -> bytes:
+            with self._lock:
+                queued = table.queued
+                ids.extend(r.id for r in batch if queued.get(r.id) is r)
+            return _line({"op": "start", "ids": ids}) if ids and store.durable else b""
+
+        with store.lock:
+            try:
+                store.append(b"", build)
+            except Exception:
+                logger.exception("could not journal the start of %d task(s); they run all the same",
+                                 len(ids))
+            with self._lock:
+                began = table.start(ids)
+                self._idle.notify_all()
+        registry = self._registry
+        return [(rec, registry.get(rec.name)) for rec in began]
+
+    def _execute(self, batch: list, now: float | None = None) -> None:
+        """Run a batch: in a worker thread, or in this thread in eager mode (``now`` given)."""
+        pairs = self._begin(batch)
+        timed = logger.isEnabledFor(logging.DEBUG)
+        outcomes = []
+        pooled = now is None
+        stopping = self._stopping
+        later = []
+        for i, (rec, task) in enumerate(pairs):
+            if pooled and stopping.is_set():
+                self._unstart([r for r, _ in pairs[i:]])
+                break
+            if task is not None and task.is_async:
+                later.append((rec, task))  # eager mode only: the loop runner takes them otherwise
+                continue
+            outcomes.append(_run_task(rec, task, timed))
+        if later:
+            outcomes += _run_eagerly(later, self._async_workers)
+        if outcomes:
+            self._report(outcomes, now)
+
+    def _unstart(self, recs: list) -> None:
+        """Tasks journaled as started that will not run now (the wheel stops): pending again.
+
+        Journaled as a retry that changes nothing, so a replay finds them pending.
+        """
         lines = []
-        plans = []
-        for rec, task, error in outcomes:
-            if error is None:
-                lines.append(b'{"op":"done","id":' + _encode(rec.id).encode("utf-8") + b"}\n")
-                plans.append((rec, DONE, None))
+        for r in recs:
+            retry = {"op": "retry", "id": r.id, "due": r.due, "tries": r.tries, "error": r.error}
+            if r.crashes is not None:
+                retry["crashes"] = r.crashes
+            lines.append(_line(retry))
+        store = self._store
+        with store.lock:
+            try:
+                store.append(b"".join(lines))
+            except Exception:
+                logger.exception("could not journal that %d task(s) did not start", len(recs))
+            with self._lock:
+                self._table.back(recs)
+                self._idle.notify_all()
+
+    def _report(self, outcomes: list, now: float | None = None) -> None:
+        """Journal how the tasks of ``outcomes`` ended, in one write, and apply it."""
+        now = self._now() if now is None else now
+        lines, changes = [], []
+        for o in outcomes:
+            rec, task = o.rec, o.task
+            if o.error is None:
+                ttl = task.result_ttl if task is not None else 0
+                if ttl:
+                    record = {"op": "done", "id": rec.id, "result": o.value, "expires": now + ttl}
+                    try:
+                        line = _line(record)
+                    except TypeError as exc:
+                        logger.warning("task %s [%s] returned a value that is not JSON, so its result "
+                                       "is not kept: %s", task.name, _printable(rec.id), exc)
+                        record = {"op": "done", "id": rec.id, "expires": now + ttl,
+                                  "error": "%s" % exc}
+                        line = _line(record)
+                    lines.append(line)
+                    changes.append(("done", record))
+                else:
+                    lines.append(_done_line(rec.id))
+                    changes.append(("done", {"id": rec.id}))
+                if o.seconds is not None:
+                    logger.debug("task %s [%s] done in %.3fs", rec.name, _printable(rec.id), o.seconds)
                 continue
             tries = rec.tries + 1
+            of = (task.retries + 1) if task is not None else 1
             if task is not None and tries <= task.retries:
-                due = now + task.retry_delay * task.retry_backoff ** (tries - 1)
-                record = {"op": "retry", "id": rec.id, "due": due, "tries": tries, "error": error}
-                plans.append((rec, "retry", (due, tries, error)))
+                wait = task._retry_wait(tries)
+                record = {"op": "retry", "id": rec.id, "due": now + wait, "tries": tries,
+                          "error": o.error}
+                logger.warning("task %s [%s] failed (try %d of %d): %s; retrying in %ss", rec.name,
+                               _printable(rec.id), tries, of, _printable(o.error), _number(wait))
             else:
-                record = {"op": "fail", "id": rec.id, "tries": tries, "error": error}
-                plans.append((rec, FAILED, (tries, error)))
-            lines.append(_line(record))
+                record = {"op": "fail", "id": rec.id, "tries": tries, "error": o.error}
+                exc = o.exc
+                logger.error("task %s [%s] failed (try %d of %d): %s; it is now a dead letter",
+                             _printable(rec.name), _printable(rec.id), tries, of, _printable(o.error),
+                             exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
+            lines.append(_line(dict(record)))
+            op = record.pop("op")
+            changes.append((op, record))
+        store = self._store
         seq = 0
-        journal = self._journal
-        with journal.lock:
+        with store.lock:
             try:
-                seq = journal.write(b"".join(lines))
+                seq = store.append(b"".join(lines))
             except Exception:
-                logger.exception("could not journal the outcome of %d task(s); they will run "
-                                 "again after a restart", len(lines))
+                logger.exception("could not journal the outcome of %d task(s); they run again after "
+                                 "a restart", len(lines))
             with self._lock:
-                counts = self._counts
-                for rec, what, extra in plans:
-                    counts["running"] -= 1
-                    if what == DONE:
-                        self._finish(rec, DONE)
-                        counts["done"] += 1
-                    elif what == "retry":
-                        rec.due = extra[0]
-                        rec.outcome(*extra[1:])
-                        self._place(rec)
-                        counts["retried"] += 1
-                    else:
-                        rec.outcome(*extra)
-                        rec.state = FAILED
-                        counts["failed"] += 1
+                table = self._table
+                for op, fields in changes:
+                    getattr(table, op)(**fields)
                 self._idle.notify_all()
-        if self._always and seq:
-            try:
-                journal.commit(seq)
-            except OSError:
-                logger.exception("fsync of finished tasks failed")
+        self._wake_waiters()
+        if seq and self._always and self._role is _OWNER:
+            if self._loop is not None and threading.current_thread() is self._loop.thread:
+                self._sync_soon.set()  # the event loop never waits for the disk: the timer syncs
+                self._wakeup.set()
+            else:
+                try:
+                    store.commit(seq)
+                except OSError:
+                    logger.exception("fsync of finished tasks failed")
 
     def join(self, timeout: float | None = None) -> bool:
-        """True once every task due by now has finished, failed or been rescheduled."""
-        if self._pool is None:
-            if self._live and self._state == "new":
+        """True once every task due by now has finished, failed or been rescheduled for a retry."""
+        if self._state == "new":
+            if self._role is _MEMORY or (self._role is None and self._path is None):
                 self.tick()
-                return True
-            if self._state in ("closed", "new"):
-                return True
+            return True
+        if self._state == "closed" or self._table is None:
+            return True
+
         def idle() -> bool:
-            return (self._counts["queued"] == 0 and self._counts["running"] == 0
-                    and self._ring.last >= self._tick_floor(self._clock.time()))
+            table = self._table
+            return (not table.queued and not table.running and table.ring is not None
+                    and table.ring.last >= self._tick_floor(self._now()))
+
         with self._idle:
             return self._idle.wait_for(idle, timeout)
 
-    # -- lifecycle -----------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, standby: bool = False) -> Wheel:
         """Become the owner and start the timer and workers.
@@ -2203,7 +3878,13 @@ class Wheel:
                     raise WheelClosed("this Wheel was stopped; build a new Wheel to start again")
                 raise WheelqError("this Wheel is already started")
             self._state = "standby" if standby else "running"
-        if self._path is None:
+        try:
+            self._open()
+        except BaseException:
+            with self._lock:
+                self._state = "new"
+            raise
+        if self._role is _MEMORY:
             self._launch()
             return self
         if standby:
@@ -2212,76 +3893,125 @@ class Wheel:
             t.start()
             return self
         try:
-            self._take_owner_lock(blocking=False)
+            self._store.acquire(False)
             self._become_owner()
         except BaseException:
             with self._lock:
                 self._state = "new"
-            self._release_owner_lock()
+                self._role = _PRODUCER
+            self._store.release()
             raise
         self._launch()
         return self
 
-    def _take_owner_lock(self, blocking: bool) -> bool:
-        lock_path = self._path + ".lock"
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-        except OSError as exc:
-            raise _os_error(exc, lock_path, "cannot open the owner lock",
-                            "the journal's directory must be writable by the owner") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if blocking:
-                os.close(fd)
-                return False
-            try:
-                pid = int(os.pread(fd, 32, 0).strip() or 0)
-            except (OSError, ValueError):
-                pid = None
-            os.close(fd)
-            raise JournalLocked(self._path, pid) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, b"%d\n" % os.getpid(), 0)
-        except OSError as exc:  # e.g. a full disk: the pid only names the owner to others
-            logger.warning("journal %s: could not write this owner's pid to %s (%s); a second "
-                           "owner will be refused without it", self._path, lock_path, exc.strerror)
-        self._owner_fd = fd
-        return True
+    def _become_owner(self, quiet: bool = False) -> None:
+        """Replay the journal (cutting a torn tail) and hold the state here.
 
-    def _release_owner_lock(self) -> None:
-        if self._owner_fd is not None:
-            os.close(self._owner_fd)  # the operating system drops the flock
-            self._owner_fd = None
+        ``quiet``: the command line, which owns the journal for a moment and
+        runs nothing, so tasks it has no code for are no news.
+        """
+        store = self._store
+        table = _Table()
 
-    def _become_owner(self) -> None:
-        """Replay the journal (cutting a torn tail) and hold the state here."""
-        journal = self._journal
-        with journal.lock, self._lock, _gc_paused():
-            self._tasks.clear()
-            self._live = False
-            journal.offset = journal.lineno = 0
-            journal.load(self._replay_records)
-            self._live = True
-            journal.shared = False
-            ring = self._ring = _Ring(self._nslots, self._tick_floor(self._clock.time()) - 1)
-            pending = ring.fill(self._tasks.values(), self._tick_ceil)
-        logger.info("journal %s: owner (pid %d), %d pending, %d dead letters",
-                    self._path, os.getpid(), pending, len(self._tasks) - pending)
+        ends = [True]
+
+        def refuse(lineno: int, reason: str, raw: bytes, last: bool) -> None:
+            if last and ends[0] and reason.startswith("unreadable"):
+                raise _Torn(lineno)  # the last line, cut short by a crash
+            raise JournalCorrupt(self._path, lineno, _bad_line(reason, raw))
+
+        def read(text: str, lineno: int, raws: dict | None, complete: bool) -> None:
+            ends[0] = complete
+            table.read(text, lineno, refuse, raws)
+
+        with store.lock, self._lock, _gc_paused():
+            store.load(read)
+            table.ring = _Ring(self._nslots, self._tick_floor(self._now()) - 1)
+            table.tick_of = self._tick_ceil
+            table.ring.fill([r for r in table.tasks.values() if table.state(r) == PENDING],
+                            self._tick_ceil)
+            table.counting = True
+            self._table = table
+            self._role = _OWNER
+            store.deliver = self._deliver
+        self._settle_interrupted()
+        with self._lock:
+            counts = table.counts()
+            unknown: dict = {}
+            for rec in table.tasks.values():
+                if rec.name not in self._registry:
+                    unknown[rec.name] = unknown.get(rec.name, 0) + 1
+        if quiet:
+            return
+        logger.info("journal %s: owner (pid %d), %d pending, %d dead letters", self._path,
+                    os.getpid(), counts["pending"], len(table.failed))
+        if unknown:
+            logger.warning("journal %s holds tasks whose names no task of this process has: %s; "
+                           "register them (with the same name=) before they come due, or they "
+                           "become dead letters", self._path,
+                           ", ".join("%s (%d)" % (_printable(n), c) for n, c in sorted(unknown.items())))
+
+    def _settle_interrupted(self) -> None:
+        """Tasks the journal shows running: the process running them died.
+
+        Each is pending again and runs alone next time.  If it was the only
+        task running when the process died, that counts against it, and a
+        task that killed the process that way ``max(retries + 1, 3)`` times
+        becomes a dead letter: a poison task no longer stops everything due
+        after it.
+        """
+        table = self._table
+        interrupted = list(table.running.values())
+        if not interrupted:
+            return
+        alone = len(interrupted) == 1
+        lines, changes = [], []
+        for rec in interrupted:
+            crashes = (rec.crashes or 0) + (1 if alone else 0)
+            task = self._registry.get(rec.name)
+            limit = max((task.retries if task is not None else 0) + 1, 3)
+            if crashes >= limit:
+                record = {"op": "fail", "id": rec.id, "tries": rec.tries,
+                          "error": "the process died while running it %d times" % crashes,
+                          "crashes": crashes}
+                logger.error("task %s [%s]: the process died while running it %d times; it is now "
+                             "a dead letter", _printable(rec.name), _printable(rec.id), crashes)
+            else:
+                record = {"op": "retry", "id": rec.id, "due": rec.due, "tries": rec.tries,
+                          "error": rec.error, "crashes": crashes}
+            lines.append(_line(record))
+            changes.append(record)
+        logger.warning("journal %s: %d task(s) were running when the last owner died; they run "
+                       "again, each alone", self._path, len(interrupted))
+        store = self._store
+        with store.lock:
+            store.append(b"".join(lines))
+            with self._lock:
+                for record in changes:
+                    fields = dict(record)
+                    getattr(table, fields.pop("op"))(**fields)
 
     def _standby(self) -> None:
         interval = min(self._tick / 4, 0.25)
+        backoff = 0.0
         try:
             while not self._stopping.is_set():
-                if self._take_owner_lock(blocking=True):
-                    break
-                self._stopping.wait(interval)
+                try:
+                    if self._store.acquire(True):
+                        break
+                    backoff = 0.0
+                except OSError as exc:
+                    if exc.errno not in _TRANSIENT:
+                        raise
+                    backoff = min(30.0, max(interval, backoff * 2))
+                    logger.warning("standby for %s: %s; trying again in %.1fs", self._path,
+                                   _error_text(exc), backoff)
+                self._stopping.wait(backoff or interval)
             else:
                 return
             with self._lock:
                 if self._state != "standby":
-                    self._release_owner_lock()
+                    self._store.release()
                     return
                 self._state = "running"
             self._become_owner()
@@ -2296,72 +4026,72 @@ class Wheel:
             self._close()
 
     def _launch(self) -> None:
-        self._pool = _Pool(self._workers, self._queue_size, self._run_batch)
+        self._pool = _Threads(self._workers, self._queue_size, self._execute)
         self._pool.start()
+        if any(t.is_async for t in self._registry.values()):
+            self._loop_runner()
         timer = threading.Thread(target=self._timer, name="wheelq-timer", daemon=True)
         self._threads.append(timer)
         timer.start()
 
     def _timer(self) -> None:
-        """The timer thread: a loop around tick(), sleeping to absolute deadlines."""
+        """The timer thread: a loop around tick(), waking at least once a tick of real time."""
         clock, wakeup, stopping = self._clock, self._wakeup, self._stopping
         while not stopping.is_set():
             wakeup.clear()
             try:
                 self.tick()
-                if self._journal.mode == "batch":
-                    self._journal.sync()
-                self._maybe_compact()
             except Exception:
                 logger.exception("wheelq timer: a tick failed; trying again at the next tick")
             if stopping.is_set():
                 return
-            clock.wait(wakeup, (self._ring.last + 1) * self._tick - clock.time())
+            ahead = (self._table.ring.last + 1) * self._tick - clock.time()
+            clock.wait(wakeup, min(self._tick, max(0.0, ahead)))
 
-    def _maybe_compact(self) -> None:
-        journal = self._journal
-        if journal.fd is None:
-            return
-        live = len(self._tasks)
-        dead = journal.lineno - 1 - live
+    def _detach(self, why: str) -> None:
+        """The journal's path no longer names the file this owner holds: stop taking tasks."""
+        if self._fault is None:
+            self._fault = why
+            logger.error("journal %s: %s under this owner (pid %d), so other processes now use "
+                         "another file: this owner stops taking tasks, and keeps the owner lock so "
+                         "that no second owner starts beside it. Put the journal back and restart "
+                         "this process, or stop it", self._path, why, os.getpid())
+            self._stopping.set()
+            self._wakeup.set()
+
+    def _maybe_compact(self, now: float) -> None:
+        table = self._table
+        live = len(table.tasks) + len(table.results)
+        dead = self._store.records() - live
         if dead > _COMPACT_MIN and dead > live:
-            self.compact()
+            try:
+                self.compact()
+            except OSError as exc:
+                logger.error("%s", _error_text(exc))
 
     def compact(self) -> int:
-        """Owner: rewrite the journal with only the live tasks; return its record count."""
-        if not self._live or self._path is None:
+        """Owner: rewrite the journal with only the live state; return its record count."""
+        if self._role is not _OWNER:
             raise WheelqError("only the owner compacts %s: start() the wheel first" % self._path)
-        journal = self._journal
+        store = self._store
 
-        def snapshot() -> list:
-            # Under the journal lock no record can finish or change, so the
-            # copy taken under the state lock stays true while it is encoded.
-            self._ingest()
+        def snapshot(read: Callable) -> list:
+            # Under the store's lock nothing changes a task but the timer's
+            # dispatch, which does not change what a snapshot holds.
             with self._lock:
-                recs = sorted(self._tasks.values(), key=_by_due)
-            lines = []
-            for rec in recs:
-                add = {"op": "add", "id": rec.id, "task": rec.name, "due": rec.due,
-                       "args": rec.args, "kwargs": rec.kwargs or {}}
-                if rec.tries:
-                    add["tries"] = rec.tries
-                    add["error"] = rec.error
-                lines.append(_line(add))
-                if rec.state == FAILED:
-                    lines.append(_line({"op": "fail", "id": rec.id, "tries": rec.tries,
-                                        "error": rec.error}))
-            return lines
+                return self._table.snapshot(self._now())
 
-        with journal.lock:
-            count = journal.compact(snapshot)
+        with store.lock:
+            count = store.rewrite(snapshot)
         logger.info("journal %s: compacted to %d records", self._path, count)
         return count
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> bool:
         """Stop the timer, let running tasks finish, and close the journal.
 
-        Queued tasks that never started stay pending in the journal.  Returns
-        True once fully stopped (False if ``timeout`` ran out first).
+        Queued tasks that never started stay pending in the journal, and so do
+        coroutines still running when ``timeout`` passes (they are cancelled).
+        Returns True once fully stopped (False if ``timeout`` ran out first).
         """
         with self._lock:
             state = self._state
@@ -2376,35 +4106,52 @@ class Wheel:
             if state == "new":
                 self._close()
             else:
-                threading.Thread(target=self._shutdown, name="wheelq-stopper", daemon=True).start()
-        if not wait or threading.current_thread() in self._threads + self._pool_threads():
+                deadline = None if timeout is None else _monotonic() + timeout
+                threading.Thread(target=self._shutdown, args=(deadline,), name="wheelq-stopper",
+                                 daemon=True).start()
+        if not wait or threading.current_thread() in self._own_threads():
             return self._closed.is_set()  # a task or the timer cannot wait for itself
         return self._closed.wait(timeout)
 
-    def _pool_threads(self) -> list:
-        return [] if self._pool is None else self._pool.threads
+    def _own_threads(self) -> list:
+        out = list(self._threads)
+        for runner in (self._pool, self._loop):
+            if runner is not None:
+                out += runner.threads
+        return out
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, deadline: float | None) -> None:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join()
         if self._pool is not None:
             self._unqueue(self._pool.drain())
-            self._pool.shutdown()
+        if self._loop is not None:
+            self._loop.stop(deadline)
+        if self._pool is not None:
+            self._pool.stop(None)
         self._close()
 
     def _close(self) -> None:
         try:
-            with self._journal.lock:
-                self._journal.close()
+            if self._store is not None:
+                with self._store.lock:
+                    self._store.close()
         except OSError:
             logger.exception("closing journal %s", self._path)
         finally:
-            self._release_owner_lock()
+            if self._store is not None:
+                self._store.release()
             with self._lock:
                 self._state = "closed"
                 self._idle.notify_all()
             self._closed.set()
+        self._wake_waiters()
+
+    def _running_now(self) -> list:
+        with self._lock:
+            table = self._table
+            return [] if table is None else list(table.running.values())
 
     def __enter__(self) -> Wheel:
         if self._state == "new":
@@ -2415,48 +4162,158 @@ class Wheel:
         self.stop()
 
     def run_forever(self) -> None:
-        """Start (if needed) and run until SIGINT or SIGTERM, then stop gracefully."""
-        stop = threading.Event()
+        """Start (if needed) and run until SIGINT or SIGTERM, then stop gracefully.
+
+        The first signal lets running tasks finish and says which they are; a
+        second stops at once (those tasks run again after a restart).
+        """
+        signals: list = []
+        woken = threading.Event()
         handlers = {}
         if threading.current_thread() is threading.main_thread():
+            def on_signal(signum: int, frame: Any) -> None:
+                signals.append(signum)
+                woken.set()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+                handlers[sig] = signal.signal(sig, on_signal)
         try:
             if self._state == "new":
                 self.start()
-            while not stop.wait(0.2) and not self._closed.is_set():
+            while not woken.wait(0.2) and not self._closed.is_set() and self._fault is None:
                 pass
+            if signals or self._fault is not None:
+                running = self._running_now()
+                self.stop(wait=False)
+                if running and signals:
+                    logger.warning("stopping: waiting for %d running task(s) (%s); press Ctrl-C "
+                                   "again to quit now", len(running),
+                                   ", ".join("%s [%s]" % (_printable(r.name), _printable(r.id))
+                                             for r in running[:10]))
+                elif signals:
+                    logger.info("stopping")
+                seen = len(signals)
+                while not self._closed.wait(0.2):
+                    if len(signals) > seen:
+                        running = self._running_now()
+                        logger.warning("quitting now: %d task(s) still running (%s) run again after "
+                                       "a restart", len(running),
+                                       ", ".join("%s [%s]" % (_printable(r.name), _printable(r.id))
+                                                 for r in running[:10]))
+                        self._abandon()
+                        break
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-            self.stop()
+            if not self._closed.is_set() and self._state != "closed":
+                self.stop()
+
+    def _abandon(self) -> None:
+        """Stop without waiting for running tasks: let go of the journal now."""
+        store = self._store
+        if store is not None and store.lock.acquire(timeout=2.0):
+            try:
+                store.close()
+            except OSError:
+                logger.exception("closing journal %s", self._path)
+            finally:
+                store.lock.release()
+        if store is not None:
+            store.release()
+        with self._lock:
+            self._state = "closed"
+            self._idle.notify_all()
+        self._closed.set()
+
+    # -- tests and forks -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def testing(self, clock: ManualClock | None = None) -> Iterator[ManualClock]:
+        """Until the block ends, keep everything in memory on ``clock`` and run tasks on ``tick()``.
+
+        The journal is not touched; the wheel must not be started.  Yields the clock.
+        """
+        if self._state != "new":
+            raise WheelqError("testing() needs a wheel that is not started (this one is %s)"
+                              % self._state)
+        clock = ManualClock() if clock is None else clock
+        saved = (self._store, self._table, self._role, self._options)
+        with self._open_lock:
+            self._set(clock=clock)
+            self._store, self._role = _MemoryStore(), _MEMORY
+            self._table = _Table(_Ring(self._nslots, self._tick_floor(clock.time())), self._tick_ceil)
+            self._table.counting = True
+        try:
+            yield clock
+        finally:
+            with self._open_lock:
+                self._store, self._table, self._role = saved[0], saved[1], saved[2]
+                self._set(**saved[3])
+
+    def _after_fork(self) -> None:
+        """In a child process: fresh locks, no threads; a started owner's child is a producer."""
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._open_lock = threading.Lock()
+        self._tick_lock = threading.Lock()
+        self._view_lock = threading.Lock()
+        self._stopping, self._closed, self._wakeup = threading.Event(), threading.Event(), threading.Event()
+        self._sync_soon = threading.Event()
+        self._threads, self._pool, self._loop, self._waiters = [], None, None, []
+        if self._store is not None:
+            self._store.after_fork()
+        if self._role is _OWNER:
+            self._role = _PRODUCER
+            self._table = _Table()
+        if self._state in ("standby", "running", "stopping"):
+            self._state = "new"
+        if self._state == "closed":
+            self._closed.set()
 
 
-def _by_due(rec: _Rec) -> float:
-    return rec.due
+def _bad_line(reason: str, raw: bytes) -> str:
+    """A reader's reason, with the bytes of a line that is not JSON at all."""
+    return "%s: %.60r" % (reason, raw) if reason.startswith("unreadable") else reason
+
+
+def _settle(fut: Any) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _name_matcher(name: str | None) -> Callable[[str], bool]:
+    if name is None:
+        return lambda n: True
+    if not isinstance(name, str):
+        raise TypeError("name must be a task name or a shell-style pattern, not %r" % (name,))
+    if any(c in name for c in "*?["):
+        return lambda n: fnmatch.fnmatchcase(n, name)
+    return lambda n: n == name
+
+
+def _after_fork_in_child() -> None:
+    _new_id_prefix()
+    for wheel in list(_WHEELS):
+        wheel._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
 def _gc_paused() -> Any:
-    """Pause the cyclic garbage collector around a replay, and file what it built as old.
+    """Pause the cyclic garbage collector around a replay, turning it back on if it was on.
 
-    A replay builds a few objects per journal line and keeps them all, so the
-    collector would walk the growing heap again and again (a fifth of the
-    time of a big replay) and find nothing to free.  Afterwards the
-    collector's young generation holds all of them, and its next collection
-    would walk them once more, right away: so they are moved to the oldest
-    generation as they are (``freeze`` then ``unfreeze``), unless objects
-    are frozen already (by the process, or by CPython 3.12 at startup), which
-    must stay frozen.  The collector is enabled again if it was enabled before.
+    A replay builds a few objects a line and keeps them all, so collecting
+    meanwhile would walk the growing heap again and again and free nothing.
     """
+    import gc
+
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        if gc.get_freeze_count() == 0:
-            gc.freeze()
-            gc.unfreeze()
         if was:
             gc.enable()
 
@@ -2467,12 +4324,13 @@ def _gc_paused() -> Any:
 #
 # No command but `run` and `demo` ever starts a Wheel: starting one runs the
 # due tasks, and a task whose name is not registered in this process would
-# become a dead letter.  `status`, `list` and `check` read the file under a
-# shared flock and change nothing.  `cancel`, `requeue` and `purge` take the
-# owner lock when no owner runs (replaying the journal as an owner would, with
-# no threads), and otherwise append records as a producer, which the running
-# owner takes in at its next tick.  `compact` and `repair` rewrite the file, so
-# they refuse while an owner holds it.
+# become a dead letter.  `status`, `list`, `schedules` and `check` read the
+# file under a shared flock and change nothing.  `cancel`, `requeue`, `purge`,
+# `reschedule`, `pause` and `resume` take the owner lock when no owner runs
+# (replaying the journal as an owner would, with no threads), and otherwise
+# append records as a producer, which the running owner takes in at its next
+# tick.  `compact` and `repair` rewrite the file, so they refuse while an
+# owner holds it.
 
 
 class _CliError(WheelqError):
@@ -2485,50 +4343,60 @@ class _CliError(WheelqError):
 
 def _demo(args: argparse.Namespace) -> int:
     """A small daemon: sample tasks with random delays, logged as they go."""
+    import shutil
     import tempfile
 
     log = logging.getLogger("wheelq.demo")
-    path = args.journal or os.path.join(tempfile.mkdtemp(prefix="wheelq-demo-"), "demo.json")
-    wheel = Wheel(path, tick=args.tick)
+    scratch = None if args.journal else tempfile.mkdtemp(prefix="wheelq-demo-")
+    path = args.journal or os.path.join(scratch, "demo.json")
+    try:
+        wheel = Wheel(path, tick=args.tick)
 
-    @wheel.task(name="demo.close_unpaid_order")
-    def close_unpaid_order(order_id):
-        log.info("running  close_unpaid_order(%s)", order_id)
-        log.info("finished close_unpaid_order(%s): order closed", order_id)
+        @wheel.task(name="demo.close_unpaid_order")
+        def close_unpaid_order(order_id):
+            log.info("running  close_unpaid_order(%s)", order_id)
+            log.info("finished close_unpaid_order(%s): order closed", order_id)
 
-    @wheel.task(name="demo.send_reminder", retries=2, retry_delay=args.tick)
-    def send_reminder(user, attempt_fail=False):
-        log.info("running  send_reminder(%r)", user)
-        if attempt_fail and random.random() < 0.5:
-            raise ConnectionError("reminder service did not answer (the demo fails on purpose)")
-        log.info("finished send_reminder(%r)", user)
-        handle = send_reminder.delay(user, count_down=random.uniform(1, args.max_delay))
-        log.info("received %s: send_reminder(%r) again", handle.id, user)
+        @wheel.task(name="demo.send_reminder", retries=2, retry_delay=args.tick)
+        def send_reminder(user, attempt_fail=False):
+            log.info("running  send_reminder(%r)", user)
+            if attempt_fail and random.random() < 0.5:
+                raise ConnectionError("reminder service did not answer (the demo fails on purpose)")
+            log.info("finished send_reminder(%r)", user)
+            handle = send_reminder.delay(user, count_down=random.uniform(1, args.max_delay))
+            log.info("received %s: send_reminder(%r) again", handle.id, user)
 
-    log.info("demo journal: %s (inspect it with any text viewer, or `python -m wheelq "
-             "status %s`); Ctrl-C stops", path, path)
-    wheel.start()
-    for order_id in range(1, 4):
-        cd = random.uniform(0.5, args.max_delay)
-        h = close_unpaid_order.delay(order_id, count_down=cd)
-        log.info("received %s: close_unpaid_order(%d) in %.1fs", h.id, order_id, cd)
-    for user in ("ada", "lin"):
-        cd = random.uniform(0.5, args.max_delay)
-        h = send_reminder.delay(user, attempt_fail=True, count_down=cd)
-        log.info("received %s: send_reminder(%r) in %.1fs", h.id, user, cd)
-    wheel.run_forever()
-    log.info("stopped cleanly; %s", wheel.stats())
+        log.info("demo journal: %s (inspect it with any text viewer, or `python -m wheelq "
+                 "status %s`); Ctrl-C stops", path, path)
+        wheel.start()
+        for order_id in range(1, 4):
+            cd = random.uniform(0.5, args.max_delay)
+            h = close_unpaid_order.delay(order_id, count_down=cd)
+            log.info("received %s: close_unpaid_order(%d) in %.1fs", h.id, order_id, cd)
+        for user in ("ada", "lin"):
+            cd = random.uniform(0.5, args.max_delay)
+            h = send_reminder.delay(user, attempt_fail=True, count_down=cd)
+            log.info("received %s: send_reminder(%r) in %.1fs", h.id, user, cd)
+        wheel.run_forever()
+        log.info("stopped cleanly; %s", wheel.stats())
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    """Import MODULE, find its Wheel and run it until SIGINT or SIGTERM."""
+def _import_target(target: str) -> Any:
+    """The object ``MODULE:NAME`` names, or the wheel ``MODULE:factory()`` returns."""
     import importlib
 
-    module_name, _, attr = args.target.partition(":")
-    if not module_name or not attr:
-        raise _CliError("run takes MODULE:WHEEL, e.g. `wheelq run tasks:wheel` for the Wheel "
-                        "named `wheel` in tasks.py, not %r" % args.target, code=2)
+    module_name, _, attr = target.partition(":")
+    call = attr.endswith("()")
+    if call:
+        attr = attr[:-2]
+    if not module_name or not attr or not all(p.isidentifier() for p in attr.split(".")):
+        raise _CliError("run takes MODULE:WHEEL or MODULE:FACTORY(), e.g. `wheelq run tasks:wheel` "
+                        "for the Wheel named `wheel` in tasks.py, or `wheelq run 'app:create_app()'` "
+                        "for a function that returns one, not %r" % target, code=2)
     here = os.getcwd()
     if here not in sys.path:
         sys.path.insert(0, here)
@@ -2545,20 +4413,47 @@ def _run(args: argparse.Namespace) -> int:
         logger.debug("importing %s failed", module_name, exc_info=True)
         raise _CliError("importing %s raised %s: %s (--log-level DEBUG shows the traceback)"
                         % (module_name, type(exc).__name__, exc)) from None
-    wheel: Any = module
+    obj: Any = module
     for part in attr.split("."):
         try:
-            wheel = getattr(wheel, part)
+            obj = getattr(obj, part)
         except AttributeError:
-            raise _CliError("module %s has no attribute %r: give the name your Wheel is bound to"
-                            % (module_name, attr)) from None
+            raise _CliError("module %s has no attribute %r: give the name your Wheel (or the "
+                            "function that returns it) is bound to" % (module_name, attr)) from None
+    if call:
+        if not callable(obj):
+            raise _CliError("%s is not callable, so %s() cannot make the wheel" % (attr, attr))
+        try:
+            obj = obj()
+        except Exception as exc:
+            logger.debug("%s() failed", attr, exc_info=True)
+            raise _CliError("%s() raised %s: %s (--log-level DEBUG shows the traceback)"
+                            % (attr, type(exc).__name__, exc)) from None
+        # An app factory may return its app, with the wheel as an attribute of it.
+        if not _is_wheel(obj):
+            for name in ("wheel", "wheelq"):
+                found = getattr(obj, name, None) or getattr(getattr(obj, "extensions", None) or {},
+                                                            "get", lambda n: None)(name)
+                if _is_wheel(found):
+                    obj = found
+                    break
+    if not _is_wheel(obj):
+        what = "a class" if isinstance(obj, type) else "a %s" % type(obj).__name__
+        raise _CliError("%s is %s, not a wheelq.Wheel: give the name your Wheel is bound to, or a "
+                        "function that returns it" % (target, what))
+    return obj
+
+
+def _is_wheel(obj: Any) -> bool:
     # `python -m wheelq` runs this file as __main__, so the module's `import wheelq`
-    # is a second copy of it: recognise its Wheel by what it does, not by its class.
-    if isinstance(wheel, type) or not (callable(getattr(wheel, "run_forever", None))
-                                       and callable(getattr(wheel, "start", None))):
-        what = "a class" if isinstance(wheel, type) else "a %s" % type(wheel).__name__
-        raise _CliError("%s is %s, not a wheelq.Wheel: give the name your Wheel is bound to"
-                        % (args.target, what))
+    # is a second copy of it: recognise a Wheel by what it does, not by its class.
+    return not isinstance(obj, type) and callable(getattr(obj, "run_forever", None)) \
+        and callable(getattr(obj, "start", None))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Import the user's wheel and run it until SIGINT or SIGTERM."""
+    wheel = _import_target(args.target)
     try:
         try:
             if not getattr(wheel, "is_owner", False):  # the module may have started it
@@ -2574,6 +4469,10 @@ def _run(args: argparse.Namespace) -> int:
             raise
         hint = "; `wheelq run --standby %s` waits and takes over" % args.target
         raise _CliError(str(exc) + (hint if "JournalLocked" in names and not args.standby else "")) from None
+    fault = getattr(wheel, "_fault", None)
+    if fault is not None:
+        raise _CliError("stopped: %s under the owner; put the journal back, then start it again"
+                        % fault)
     logger.info("%s stopped cleanly", args.target)
     return 0
 
@@ -2611,15 +4510,15 @@ def _check_head(path: str, data: bytes) -> None:
     try:
         _check_header(head, path)
     except JournalCorrupt as exc:
-        if "newer" in exc.reason:
-            raise _CliError("%s was %s: use that version of wheelq" % (path, exc.reason)) from None
+        if "version" in exc.reason:
+            raise _CliError("%s was %s" % (path, exc.reason)) from None
         raise _CliError('%s is not a wheelq journal: its first line is not {"wheelq": 1}; '
                         'check the path' % path) from None
 
 
 def _open_readonly(path: str) -> int:
     try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
     except PermissionError:
         raise _CliError("cannot read %s: permission denied; run as a user who may read it"
                         % path) from None
@@ -2633,8 +4532,7 @@ def _read_journal(path: str) -> bytes:
     while True:
         fd = _open_readonly(path)
         try:
-            # Producers append and compaction rewrites under LOCK_EX: this read
-            # sees neither half done.
+            # Every append and every rewrite holds LOCK_EX: this read sees neither half done.
             fcntl.flock(fd, fcntl.LOCK_SH)
             if os.fstat(fd).st_nlink == 0:
                 continue  # compaction replaced the file while we waited: read the new one
@@ -2656,52 +4554,44 @@ def _read_head(path: str) -> None:
     _check_head(path, data)
 
 
-def _view_wheel() -> Wheel:
-    """An in-memory Wheel that only holds records, as a producer's view does."""
-    view = Wheel(slots=1)
-    view._live = False  # records only: no ring, no counts, nothing ever runs
-    return view
+def _scan(path: str, data: bytes, stop: bool = False) -> tuple:
+    """Read a journal as an owner would; return ``(table, line count, bad)``.
 
-
-def _load(path: str, data: bytes) -> Wheel:
-    """The tasks of a journal, replayed as an owner would (a torn tail is ignored, not cut)."""
-    view = _view_wheel()
-    if b"\n" in data:
-        _replay(data, path, view._replay_records)
-    return view
-
-
-def _scan(path: str, data: bytes) -> tuple:
-    """Check every line; return ``(view, line count, bad)``.
-
-    ``bad`` lists ``(lineno, reason, raw bytes)`` for each line an owner could
-    not apply, a torn last line included.  Line numbers count the header as 1,
-    as ``sed -n Np`` does; ``view`` holds the tasks of the good lines.
+    ``bad`` lists ``(lineno, reason, raw bytes)`` of each line an owner could
+    not apply, a torn last line included (line numbers count the header as
+    1, as ``sed -n Np`` does).  With ``stop``, the first bad line that is not
+    the last raises JournalCorrupt, as a replay would.
     """
-    view = _view_wheel()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # the bytes after the last newline: b"" unless torn
-    bad = []
-    loads = json.loads
-    for lineno in range(2, len(lines) + 1):
-        line = lines[lineno - 1]
-        try:
-            obj = loads(line.decode("utf-8"))  # UTF-8 only, as replay reads it
-        except ValueError:
-            reason = "unreadable JSON"
-            if lineno == len(lines) and not tail:
-                reason += " (the last line: an owner cuts it as torn when it opens the journal)"
-            bad.append((lineno, reason, line))
-            continue
-        try:
-            _apply_one(view._apply, obj, path, lineno)
-        except JournalCorrupt as exc:
-            bad.append((lineno, exc.reason, line))
-    if tail:
-        what = "torn header" if not lines else "torn last line"
-        bad.append((len(lines) + 1, what + " (no newline: a write cut short by a crash; it was "
-                    "never acknowledged)", tail))
-    return view, len(lines) + (1 if tail else 0), bad
+    table = _Table()
+    bad: list = []
+    end = data.rfind(b"\n") + 1
+    if end == 0:
+        if data and not _HEADER.startswith(data):
+            raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
+        return table, (1 if data else 0), ([(1, "torn header (no newline: a write cut short by a "
+                                                "crash)", data)] if data else [])
+    head = data.index(b"\n") + 1
+
+    def note(lineno: int, reason: str, raw: bytes, last: bool) -> None:
+        if stop and not (last and reason.startswith("unreadable")):
+            raise JournalCorrupt(path, lineno, reason)
+        if last and reason.startswith("unreadable") and end == len(data):
+            reason += " (the last line: an owner cuts it as torn when it opens the journal)"
+        bad.append((lineno, reason, raw))
+
+    text, raws = _decode(memoryview(data)[head:end])
+    table.read(text, 1, note, raws)
+    nlines = 1 + text.count("\n")
+    if end < len(data):
+        bad.append((nlines + 1, "torn last line (no newline: a write cut short by a crash; it was "
+                    "never acknowledged)", data[end:]))
+        nlines += 1
+    return table, nlines, bad
+
+
+def _load(path: str) -> _Table:
+    """The state of the journal at ``path``, as an owner would replay it."""
+    return _scan(path, _read_journal(path), stop=True)[0]
 
 
 # -- changing a journal ---------------------------------------------------------------
@@ -2718,13 +4608,14 @@ def _edit(path: str, change: Callable[[Wheel, Any], Any]) -> tuple:
     _read_head(path)
     wheel = Wheel(path)
     try:
+        wheel._open()
         try:
-            wheel._take_owner_lock(blocking=False)
+            wheel._store.acquire(False)
         except JournalLocked as exc:
             owner = exc.pid or 0
         else:
             owner = None
-            wheel._become_owner()
+            wheel._become_owner(quiet=True)
         return change(wheel, owner), owner
     finally:
         wheel.stop()
@@ -2733,7 +4624,8 @@ def _edit(path: str, change: Callable[[Wheel, Any], Any]) -> tuple:
 def _hold_for_rewrite(wheel: Wheel, verb: str) -> None:
     """Take the owner lock for a command that rewrites the file, or refuse."""
     try:
-        wheel._take_owner_lock(blocking=False)
+        wheel._open()
+        wheel._store.acquire(False)
     except JournalLocked as exc:
         holder = "process %d" % exc.pid if exc.pid else "another process"
         raise _CliError("%s is owned by %s, which is running: %s rewrites the file, which only "
@@ -2746,17 +4638,18 @@ def _hold_for_rewrite(wheel: Wheel, verb: str) -> None:
 def _lookup(wheel: Wheel, path: str, tid: str, want: str) -> None:
     """Fail with one line unless task ``tid`` exists and is ``want`` ("pending" or "failed")."""
     info = wheel.get(tid)
+    shown = _printable(tid)
     if info is None:
         raise _CliError("no task with id %r in %s: it has finished, was cancelled or purged, or "
-                        "never existed; `wheelq list %s` shows the ids" % (tid, path, path))
+                        "never existed; `wheelq list %s` shows the ids" % (shown, path, path))
     if want == FAILED and info.status != FAILED:
         raise _CliError("task %r in %s is %s, not a dead letter: only dead letters are requeued "
-                        "or purged (`wheelq cancel` cancels a pending task)" % (tid, path, info.status))
+                        "or purged (`wheelq cancel` cancels a pending task)" % (shown, path, info.status))
     if want == PENDING and info.status == FAILED:
         raise _CliError("task %r in %s is a dead letter, not pending: `wheelq requeue` runs it "
-                        "again and `wheelq purge` deletes it" % (tid, path))
+                        "again and `wheelq purge` deletes it" % (shown, path))
     if want == PENDING and info.status != PENDING:
-        raise _CliError("task %r in %s is %s and can no longer be cancelled" % (tid, path, info.status))
+        raise _CliError("task %r in %s is %s and can no longer be changed" % (shown, path, info.status))
 
 
 def _ids(args: argparse.Namespace, verb: str) -> None:
@@ -2766,8 +4659,12 @@ def _ids(args: argparse.Namespace, verb: str) -> None:
                                                 verb, args.path), code=2)
 
 
+_PAST = {"cancel": "cancelled", "requeue": "requeued", "purge": "purged",
+         "reschedule": "rescheduled", "pause": "paused", "resume": "resumed"}
+
+
 def _report_edit(args: argparse.Namespace, verb: str, done: list, owner: Any) -> int:
-    """Print what cancel/requeue/purge did."""
+    """Print what a change did."""
     if args.json:
         _print_json({"path": args.path, "op": verb, "ids": done, "owner_pid": owner})
         return 0
@@ -2775,12 +4672,11 @@ def _report_edit(args: argparse.Namespace, verb: str, done: list, owner: Any) ->
         print("no dead letters in %s" % args.path)
         return 0
     if owner is None:
-        past = {"cancel": "cancelled", "requeue": "requeued", "purge": "purged"}[verb]
         for tid in done:
-            print("%s %s" % (past, tid))
+            print("%s %s" % (_PAST[verb], _printable(tid)))
         return 0
     for tid in done:
-        print("sent %s %s" % (verb, tid))
+        print("sent %s %s" % (verb, _printable(tid)))
     print("%s owns %s: it takes %s in at its next tick%s"
           % ("process %d" % owner if owner else "another process", args.path,
              "this" if len(done) == 1 else "these",
@@ -2793,11 +4689,40 @@ def _cancel(args: argparse.Namespace) -> int:
         _lookup(wheel, args.path, args.id, PENDING)
         if not wheel.cancel(args.id):
             raise _CliError("task %r in %s could not be cancelled: it has just started or "
-                            "finished" % (args.id, args.path))
+                            "finished" % (_printable(args.id), args.path))
         return [args.id]
 
     done, owner = _edit(args.path, change)
     return _report_edit(args, "cancel", done, owner)
+
+
+def _reschedule(args: argparse.Namespace) -> int:
+    if (args.count_down is None) == (args.eta is None):
+        raise _CliError("reschedule takes --count-down SECONDS or --eta TIME (one of them)", code=2)
+    eta = None if args.eta is None else _parse_time_arg(args.eta, "--eta")
+
+    def change(wheel: Wheel, owner: Any) -> list:
+        _lookup(wheel, args.path, args.id, PENDING)
+        if not wheel.reschedule(args.id, count_down=args.count_down, eta=eta):
+            raise _CliError("task %r in %s could not be rescheduled: it has just started or "
+                            "finished" % (_printable(args.id), args.path))
+        return [args.id]
+
+    done, owner = _edit(args.path, change)
+    return _report_edit(args, "reschedule", done, owner)
+
+
+def _parse_time_arg(text: str, what: str) -> float:
+    """ISO 8601 (an aware time, or a naive one read as local time) or epoch seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise _CliError("%s takes an ISO 8601 time (2030-01-01T09:00:00+01:00; without an offset "
+                        "it is local time) or epoch seconds, not %r" % (what, text), code=2) from None
 
 
 def _dead_letter_ids(wheel: Wheel, args: argparse.Namespace) -> list:
@@ -2846,10 +4771,10 @@ def _compact(args: argparse.Namespace) -> int:
         size = os.path.getsize(path)
         if size >= _BIG:
             _progress("reading %s (%s)...", path, _size(size))
-        wheel._become_owner()
-        lines, size = wheel._journal.lineno, os.path.getsize(path)
+        wheel._become_owner(quiet=True)
+        lines, size = wheel._store.records() + 1, os.path.getsize(path)
         _progress("compacting %s (%d lines, %s)...", path, lines, _size(size))
-        started = time.monotonic()
+        started = _monotonic()
         records = wheel.compact()
         after = os.path.getsize(path)
     finally:
@@ -2859,7 +4784,7 @@ def _compact(args: argparse.Namespace) -> int:
                      "bytes_before": size, "bytes_after": after})
     else:
         print("compacted %s: %d lines -> %d, %s -> %s in %.1fs"
-              % (path, lines, records + 1, _size(size), _size(after), time.monotonic() - started))
+              % (path, lines, records + 1, _size(size), _size(after), _monotonic() - started))
     return 0
 
 
@@ -2878,19 +4803,25 @@ def _repair(args: argparse.Namespace) -> int:
             print("nothing to repair: all %d lines of %s are readable" % (nlines, path))
         return 0
     wheel = Wheel(path)
-    journal = wheel._journal
     done: dict = {}
 
-    def snapshot() -> list:
-        # compact() calls this holding the journal's flock, and keeps it until
+    def snapshot(read: Callable[[], bytes]) -> list:
+        # rewrite() calls this holding the journal's flock, and keeps it until
         # the new file is in place: no producer's line can fall in between.
-        data = _read_all(journal.fd)
+        data = read()
         _check_head(path, data)
         _, nlines, bad = _scan(path, data)
         _progress("moving %d bad line(s) of %s to %s and rewriting it (%d lines, %s)...",
                   len(bad), path, corrupt, nlines, _size(len(data)))
         skip = {lineno for lineno, _, _ in bad}
-        fd = os.open(corrupt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fd = os.open(corrupt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC,
+                         0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _CliError("%s is a symlink; wheelq never writes through one there (another "
+                                "user could point it at your files): remove it" % corrupt) from None
+            raise
         try:
             _write_all(fd, b"".join(raw + b"\n" for _, _, raw in bad))
             os.fsync(fd)
@@ -2904,9 +4835,10 @@ def _repair(args: argparse.Namespace) -> int:
 
     try:
         _hold_for_rewrite(wheel, "repair")
-        with journal.lock:
+        store = wheel._store
+        with store.lock:
             try:
-                kept = journal.compact(snapshot)
+                kept = store.rewrite(snapshot)
             except OSError as exc:
                 raise _CliError("could not rewrite %s (%s); the journal is unchanged"
                                 % (path, _error_text(exc.__cause__ or exc))) from None
@@ -2918,7 +4850,7 @@ def _repair(args: argparse.Namespace) -> int:
                      "corrupt_path": corrupt})
     else:
         for n, why, raw in done["bad"]:
-            print("moved line %d: %s" % (n, why))
+            print("moved line %d: %s" % (n, _printable(why)))
         print("repaired %s: kept %d good record(s), moved %d bad line(s) to %s"
               % (path, kept, len(moved), corrupt))
     return 0
@@ -2933,7 +4865,7 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return "%d %s" % (n, unit) if unit == "bytes" else "%.1f %s" % (n, unit)
@@ -2969,12 +4901,13 @@ def _call(info: TaskInfo, width: int = 48) -> str:
     """``(1, "a", x=2)``: the arguments as JSON, cut to ``width`` characters."""
     dump = functools.partial(json.dumps, ensure_ascii=False)
     parts = [dump(a) for a in info.args] + ["%s=%s" % (k, dump(v)) for k, v in info.kwargs.items()]
-    text = "(%s)" % ", ".join(parts)
+    text = _printable("(%s)" % ", ".join(parts))
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _table(rows: list) -> None:
     """Print rows of cells in left-aligned columns (the last column unpadded)."""
+    rows = [[_printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths)] + [row[-1]]
@@ -2991,8 +4924,8 @@ def _nice_step(largest: int, width: int) -> int:
         k += 1
 
 
-def _histogram(title: str, counts: list, unit: int, suffix: str, now: float) -> list:
-    """Text rows for ``counts`` per ``unit`` seconds from ``now``; runs of empty rows fold into one."""
+def _histogram(title: str, counts: list, starts: list, suffix: str) -> list:
+    """Text rows for ``counts``, row ``i`` starting at the local time ``starts[i]``."""
     step = _nice_step(max(counts) or 1, 40)
     out = ["%s (each # is %d task%s)" % (title, step, "" if step == 1 else "s")]
     rows = []
@@ -3004,8 +4937,8 @@ def _histogram(title: str, counts: list, unit: int, suffix: str, now: float) -> 
         if j - i < 2:
             j = i  # fold only runs of three or more empty rows
         label = "+%d%s" % (i, suffix) if j == i else "+%d%s..+%d%s" % (i, suffix, j, suffix)
-        clock = datetime.fromtimestamp(now + i * unit).strftime("%H:%M")
-        rows.append((clock, label, counts[i] if j == i else 0))
+        rows.append((datetime.fromtimestamp(starts[i]).strftime("%H:%M"), label,
+                     counts[i] if j == i else 0))
         i = j + 1
     lw = max(len(r[1]) for r in rows)
     cw = len(str(max(counts)))
@@ -3014,68 +4947,120 @@ def _histogram(title: str, counts: list, unit: int, suffix: str, now: float) -> 
     return out
 
 
-def _status(args: argparse.Namespace) -> int:
-    path = args.path
-    view = _load(path, _read_journal(path))
-    now = SystemClock().time()
-    pending, failed = view.pending(), view.failed()
+def _buckets(pending: list, now: float) -> dict:
+    """Pending tasks by the clock minute and clock hour they come due in (row 0: the current one).
+
+    Rows start on the minute and the hour of the local clock, so a task
+    shows on the row its due time reads: 12:34:34 is on the 12:34 row.
+    """
+    minute0 = now - now % 60
+    local = datetime.fromtimestamp(now)
+    hour0 = now - (local.minute * 60 + local.second + local.microsecond / 1e6)
     per_minute, per_hour, later, overdue = [0] * 60, [0] * 24, 0, 0
     for t in pending:
-        ahead = t.due - now
-        if ahead < 0:
+        if t.due < now:
             overdue += 1
-        elif ahead < 86400:
-            per_hour[int(ahead // 3600)] += 1
-            if ahead < 3600:
-                per_minute[int(ahead // 60)] += 1
+            continue
+        m = int((t.due - minute0) // 60)
+        h = int((t.due - hour0) // 3600)
+        if m < 60:
+            per_minute[m] += 1
+        if h < 24:
+            per_hour[h] += 1
         else:
             later += 1
+    return {"per_minute": per_minute, "per_hour": per_hour, "later": later, "overdue": overdue,
+            "minute_starts": [minute0 + 60 * i for i in range(60)],
+            "hour_starts": [hour0 + 3600 * i for i in range(24)]}
+
+
+def _infos(table: _Table, failed: bool = False) -> list:
+    recs = [r for r in table.tasks.values() if (r.id in table.failed) is failed]
+    return [_info(r, table.state(r)) for r in sorted(recs, key=_by_due)]
+
+
+def _status(args: argparse.Namespace) -> int:
+    path = args.path
+    table = _load(path)
+    now = SystemClock().time()
+    pending, failed = _infos(table), _infos(table, failed=True)
+    b = _buckets(pending, now)
     next_due = pending[0].due if pending else None
+    schedules = _schedule_rows(table, now)
     if args.json:
-        _print_json({"path": path, "now": now, "pending": len(pending), "overdue": overdue,
-                     "failed": len(failed), "next_due": next_due, "per_minute": per_minute,
-                     "per_hour": per_hour, "later": later})
+        _print_json({"path": path, "now": now, "pending": len(pending), "overdue": b["overdue"],
+                     "failed": len(failed), "next_due": next_due, "per_minute": b["per_minute"],
+                     "per_hour": b["per_hour"], "later": b["later"], "schedules": schedules})
         return 0
     print("journal   %s" % path)
-    print("pending   %d (%d overdue)" % (len(pending), overdue))
+    print("pending   %d (%d overdue)" % (len(pending), b["overdue"]))
     print("failed    %d%s" % (len(failed), " (`wheelq list %s --failed` shows them)" % path
                               if failed else ""))
+    if schedules:
+        print("schedules %d (`wheelq schedules %s` lists them)" % (len(schedules), path))
+        for s in schedules:
+            print("  %s: next %s%s" % (_printable(s["name"]), _when(s["next_due"]) if s["next_due"]
+                                       else "-", " (paused)" if s["paused"] else ""))
     if next_due is None:
         print("next due  -")
         return 0
     print("next due  %s (%s)" % (_when(next_due), _relative(next_due, now)))
     print()
-    print("\n".join(_histogram("Due in the next hour, per minute", per_minute, 60, "m", now)))
+    print("\n".join(_histogram("Due in the next hour, per minute", b["per_minute"],
+                               b["minute_starts"], "m")))
     print()
-    print("\n".join(_histogram("Due in the next day, per hour", per_hour, 3600, "h", now)))
-    print("  later: %d" % later)
+    print("\n".join(_histogram("Due in the next day, per hour", b["per_hour"], b["hour_starts"], "h")))
+    print("  later: %d" % b["later"])
     return 0
+
+
+def _schedule_rows(table: _Table, now: float) -> list:
+    """What the journal holds of each schedule: its next run, its last, its pause."""
+    rows = []
+    for name, cur in sorted(table.cursors.items()):
+        run = table.tasks.get(cur.run) if cur.run else None
+        sched = run.sched if run is not None else None
+        rows.append({"name": name, "spec": sched[1] if sched else None,
+                     "tz": sched[2] if sched else None,
+                     "next_due": run.due if run is not None and run.id not in table.failed else None,
+                     "last_due": cur.last, "paused": cur.paused})
+    return rows
 
 
 def _list(args: argparse.Namespace) -> int:
     path = args.path
-    view = _load(path, _read_journal(path))
-    tasks = view.failed() if args.failed else sorted(view.pending() + view.failed(), key=_by_due)
+    table = _load(path)
+    if args.done:
+        now = SystemClock().time()
+        tasks = [_info(rec, DONE, value) for rec, value, expires, error in table.results.values()
+                 if expires > now and error is None]
+    else:
+        tasks = _infos(table, failed=True) if args.failed else \
+            sorted(_infos(table) + _infos(table, failed=True), key=lambda t: t.due)
     if args.task:
-        import fnmatch
-
-        tasks = [t for t in tasks if fnmatch.fnmatchcase(t.name, args.task)]
+        tasks = [t for t in tasks if _name_matcher(args.task)(t.name)]
     total = len(tasks)
     if args.limit is not None:
         tasks = tasks[:args.limit]
     if args.json:
         _print_json([dataclasses.asdict(t) for t in tasks])
     elif not tasks:
-        what = "dead letters" if args.failed else "tasks"
+        what = "dead letters" if args.failed else "finished tasks with kept results" if args.done \
+            else "tasks"
         print("no %s%s in %s" % (what, " named %r" % args.task if args.task else "", path))
     else:
         now = SystemClock().time()
         errors = any(t.error for t in tasks)
-        rows = [["ID", "TASK", "DUE (local time)", "STATUS", "TRIES", "ARGS"] + (["ERROR"] if errors else [])]
+        extra = ["RESULT"] if args.done else (["ERROR"] if errors else [])
+        rows = [["ID", "TASK", "DUE (local time)", "STATUS", "TRIES", "ARGS"] + extra]
         for t in tasks:
             status = "overdue" if t.status == PENDING and t.due < now else t.status
             row = [t.id, t.name, _when(t.due), status, str(t.tries), _call(t)]
-            rows.append(row + ([t.error or ""] if errors else []))
+            if args.done:
+                row.append(_printable(json.dumps(t.result, ensure_ascii=False))[:60])
+            elif errors:
+                row.append(t.error or "")
+            rows.append(row)
         _table(rows)
     if len(tasks) < total:
         print("wheelq: showing %d of %d tasks (--limit %d)" % (len(tasks), total, args.limit),
@@ -3085,8 +5070,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     path = args.path
-    view, nlines, bad = _scan(path, _read_journal(path))
-    pending, failed = len(view.pending()), len(view.failed())
+    table, nlines, bad = _scan(path, _read_journal(path))
+    pending, failed = len(_infos(table)), len(table.failed)
     if args.json:
         _print_json({"path": path, "ok": not bad, "lines": nlines, "pending": pending,
                      "failed": failed, "bad": [{"line": n, "reason": why,
@@ -3098,7 +5083,8 @@ def _check(args: argparse.Namespace) -> int:
     else:
         print("%s: %d lines, %d unreadable" % (path, nlines, len(bad)))
         for n, why, raw in bad:
-            print("line %d: %s: %.70r" % (n, why, raw.decode("utf-8", "replace")))
+            print("line %d: %s: %s" % (n, _printable(why),
+                                       _printable(repr(raw.decode("utf-8", "replace"))[:72])))
     if bad:
         print("wheelq: error: %d unreadable line(s) in %s; `wheelq repair %s` moves them to "
               "%s.corrupt and keeps every good line" % (len(bad), path, path, path), file=sys.stderr)
@@ -3151,13 +5137,15 @@ def _parser() -> argparse.ArgumentParser:
         return c
 
     demo = command("demo", _demo, "run a small demo daemon (the default command)", data=False)
-    demo.add_argument("--journal", help="journal path (default: a new temporary file)")
+    demo.add_argument("--journal", help="journal path (default: a new temporary file, removed "
+                                        "when the demo ends)")
     demo.add_argument("--tick", type=_seconds, default=0.25, help="tick in seconds (default 0.25)")
     demo.add_argument("--max-delay", type=_seconds, default=4.0,
                       help="longest random delay in seconds (default 4)")
     run = command("run", _run, "import MODULE and run its Wheel until SIGINT or SIGTERM", data=False)
     run.add_argument("target", metavar="MODULE:WHEEL",
-                     help="e.g. tasks:wheel for `wheel = wheelq.Wheel(...)` in tasks.py")
+                     help="e.g. tasks:wheel for `wheel = wheelq.Wheel(...)` in tasks.py, or "
+                          "'app:create_app()' for a function that returns the wheel")
     run.add_argument("--standby", action="store_true",
                      help="wait for the owner lock and take over when the current owner exits")
     status = command("status", _status, "counts, next due time and a histogram of due times")
@@ -3166,11 +5154,20 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("path", metavar="PATH")
     ls.add_argument("--task", metavar="NAME", help="only tasks with this name (shell-style "
                                                    "wildcards allowed, e.g. 'shop.*')")
-    ls.add_argument("--failed", action="store_true", help="only dead letters")
+    which = ls.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="only dead letters")
+    which.add_argument("--done", action="store_true",
+                       help="finished tasks whose results are kept, with the result")
     ls.add_argument("--limit", metavar="N", type=_count, help="at most N tasks")
     cancel = command("cancel", _cancel, "cancel a pending task")
     cancel.add_argument("path", metavar="PATH")
     cancel.add_argument("id", metavar="ID")
+    resched = command("reschedule", _reschedule, "move a pending task to a new due time")
+    resched.add_argument("path", metavar="PATH")
+    resched.add_argument("id", metavar="ID")
+    resched.add_argument("--count-down", metavar="SECONDS", type=float,
+                         help="due this many seconds from now")
+    resched.add_argument("--eta", metavar="TIME", help="due at this time (ISO 8601 or epoch seconds)")
     requeue = command("requeue", _requeue, "run a dead letter again (or all of them)")
     requeue.add_argument("path", metavar="PATH")
     requeue.add_argument("id", metavar="ID", nargs="?")
@@ -3188,15 +5185,6 @@ def _parser() -> argparse.ArgumentParser:
     repair = command("repair", _repair, "move unreadable lines to PATH.corrupt, keep every good one")
     repair.add_argument("path", metavar="PATH")
     return p
-
-
-def _error_text(exc: BaseException) -> str:
-    """One line for an error: an OSError's own words, not its ``[Errno N]`` repr."""
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror if exc.filename is None else "%s: %s" % (exc.filename, exc.strerror)
-    else:
-        text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -3228,7 +5216,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (WheelqError, OSError, ValueError, TypeError) as exc:
         logger.debug("command %s failed", args.command, exc_info=True)
-        print("wheelq: error: %s" % _error_text(exc), file=sys.stderr)
+        print("wheelq: error: %s" % _printable(_error_text(exc)), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -279,15 +279,15 @@ def _owner(a) -> int:
     if a.trace_done:
         # After the outcomes of a batch are journaled, note which tasks they were,
         # so a test can tell "ran, done not yet journaled" from "journaled done".
-        record_outcomes = wheel._record
+        report = wheel._report
         fd = os.open(a.runs, os.O_WRONLY | os.O_APPEND)
         pid = os.getpid()
 
-        def traced(outcomes):
-            record_outcomes(outcomes)
-            os.write(fd, ("!done %d %s\n" % (pid, " ".join(rec.args[0] for rec, _, _ in outcomes))).encode())
+        def traced(outcomes, now=None):
+            report(outcomes, now)
+            os.write(fd, ("!done %d %s\n" % (pid, " ".join(o.rec.args[0] for o in outcomes))).encode())
 
-        wheel._record = traced
+        wheel._report = traced
     wheel.start(standby=a.standby)
     _say("READY", os.getpid(), "owner" if wheel.is_owner else "standby")
     if wheel.is_owner:
@@ -313,7 +313,6 @@ def _producer(a) -> int:
     record = _register(wheel, None, None)
     ack = os.open(a.ack, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     rng = random.Random(a.seed)
-    journal = wheel._journal
     pause = threading.Event()
     canary = None
     if a.canary:
@@ -328,7 +327,7 @@ def _producer(a) -> int:
         if a.wait_compaction_at is not None and n == a.wait_compaction_at:
             # Hold an fd to the current file until compaction replaces it, so
             # the next delay() must notice the new inode and reopen.
-            inode = os.fstat(journal.fd).st_ino
+            inode = os.fstat(wheel._store.fd).st_ino  # the file this producer appends to
             deadline = time.monotonic() + 20
             while os.stat(a.journal).st_ino == inode:
                 if time.monotonic() > deadline:
@@ -353,7 +352,9 @@ def _producer(a) -> int:
         if not wheel.cancel(canary):
             _say("ERROR could not cancel the canary")
             return 1
-    _say("DONE", n, "generation", journal.generation, "offset", journal.offset, "checks", checks)
+    store = wheel._store  # None if it never added a task
+    _say("DONE", n, "reopened", store.reopened if store else 0,
+         "read", "no" if store is None or store._view is None else "yes", "checks", checks)
     wheel.stop()
     return 0
 

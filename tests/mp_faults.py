@@ -174,8 +174,9 @@ def read_only_fs(path: str) -> dict:
     w.stop()
     subprocess.run(["mount", "-o", "remount,ro", os.path.dirname(path)], check=True)
     out: dict = {}
-    for what, make in (("owner", lambda: wheelq.Wheel(path).start()), ("producer", lambda: wheelq.Wheel(path)),
-                       ("new", lambda: wheelq.Wheel(path + ".new"))):
+    for what, make in (("owner", lambda: wheelq.Wheel(path).start()),
+                       ("producer", lambda: wheelq.Wheel(path).stats()),
+                       ("new", lambda: wheelq.Wheel(path + ".new").stats())):
         try:
             make()
             out[what] = None
@@ -192,13 +193,13 @@ def as_nobody(scenario: str, path: str) -> dict:
     out: dict = {"uid": os.getuid()}
     if scenario == "create-in-readonly-dir":
         try:
-            wheelq.Wheel(path)
+            wheelq.Wheel(path).stats()
         except OSError as exc:
             out.update(error=type(exc).__name__, errno=exc.errno, msg=str(exc))
         out["created"] = os.path.exists(path)
     elif scenario == "open-unreadable-file":
         try:
-            wheelq.Wheel(path)
+            wheelq.Wheel(path).stats()
         except OSError as exc:
             out.update(error=type(exc).__name__, errno=exc.errno, msg=str(exc))
     elif scenario == "existing-journal-readonly-dir":

@@ -10,7 +10,7 @@ SIGXFSZ, so writes come back short or fail with EFBIG), a tiny tmpfs mounted
 in a private mount namespace for ENOSPC (and remounted read-only for EROFS),
 a subprocess that drops to the user ``nobody`` for EACCES (root ignores
 permission bits), ``chattr +i`` for a directory even root cannot write, and
-the ``_Journal._fsync`` seam for EIO.  The tmpfs, ``nobody`` and ``chattr``
+the journal store's fsync seam (the ``failing_fsync`` fixture) for EIO.  The tmpfs, ``nobody`` and ``chattr``
 tests skip, saying why, where they cannot run (not root, no unshare or
 chattr, a filesystem without attributes).
 """
@@ -28,7 +28,7 @@ import tempfile
 import pytest
 
 import wheelq
-from conftest import python_env
+from conftest import create_journal, python_env
 from mp_agent import wait_for
 
 FAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mp_faults.py")
@@ -189,7 +189,7 @@ def test_journal_in_a_read_only_directory(public_dir):
 
 def test_permission_denied_on_the_journal_file(public_dir):
     path = os.path.join(public_dir, "tasks.json")
-    wheelq.Wheel(path).stop()  # root's journal, mode 0600
+    create_journal(path)  # root's journal, mode 0600
     assert os.stat(path).st_mode & 0o777 == 0o600
     out = _as_nobody("open-unreadable-file", path)
     assert out["error"] == "PermissionError" and out["errno"] == errno.EACCES, out
@@ -199,7 +199,7 @@ def test_permission_denied_on_the_journal_file(public_dir):
 def test_writable_journal_in_a_read_only_directory(public_dir):
     """The file is nobody's, the directory is not: adding works, owning does not."""
     path = os.path.join(public_dir, "tasks.json")
-    wheelq.Wheel(path).stop()
+    create_journal(path)
     os.chown(path, 65534, 65534)
     out = _as_nobody("existing-journal-readonly-dir", path)
     # The owner lock cannot be created: the error names the lock and the fix...
@@ -237,7 +237,7 @@ def test_immutable_directory_even_for_root(tmp_path, journal, clock):
     try:
         new = str(tmp_path / "new.json")
         with pytest.raises(PermissionError) as e:
-            wheelq.Wheel(new)
+            wheelq.Wheel(new).stats()
         assert "permissions" in advice(str(e.value), new)
         before = open(journal, "rb").read()
         with pytest.raises(PermissionError) as e:
@@ -255,32 +255,15 @@ def test_immutable_directory_even_for_root(tmp_path, journal, clock):
 
 def test_journal_path_is_a_directory_or_missing(tmp_path):
     with pytest.raises(IsADirectoryError) as e:
-        wheelq.Wheel(tmp_path)
+        wheelq.Wheel(tmp_path).stats()
     assert "give a file path" in advice(str(e.value), str(tmp_path))
     missing = str(tmp_path / "no" / "such" / "dir" / "tasks.json")
     with pytest.raises(FileNotFoundError) as e:
-        wheelq.Wheel(missing)
+        wheelq.Wheel(missing).stats()  # the first use opens it
     assert "directory exists" in advice(str(e.value), missing)
 
 
 # -- fsync fails -------------------------------------------------------------------
-
-
-@pytest.fixture
-def failing_fsync(monkeypatch):
-    """Make the journal's fsync fail with EIO while ``state["fail"]`` is true."""
-    state = {"fail": True, "calls": 0, "failed": 0}
-    real = os.fsync
-
-    def fsync(fd):
-        state["calls"] += 1
-        if state["fail"]:
-            state["failed"] += 1
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(wheelq._Journal, "_fsync", staticmethod(fsync))
-    return state
 
 
 @pytest.mark.parametrize("role", ["owner", "producer"])
@@ -294,9 +277,9 @@ def test_fsync_failure_with_fsync_always(make_wheel, journal, clock, failing_fsy
     else:
         w = make_wheel(journal, fsync="always")
         t = w.task(name="fault.t")(ran.append)
-    failing_fsync["fail"] = False
+    failing_fsync.fail = False
     t.delay("ok", count_down=100)
-    failing_fsync["fail"] = True
+    failing_fsync.fail = True
     with pytest.raises(OSError) as e:
         t.delay("bad", count_down=100)
     assert e.value.errno == errno.EIO
@@ -308,7 +291,7 @@ def test_fsync_failure_with_fsync_always(make_wheel, journal, clock, failing_fsy
         {k: v for k, v in r.items() if k != "p"} for r in records]
     assert [i.args for i in w.pending()] == [("ok",)]
     # Usable again once fsync works.
-    failing_fsync["fail"] = False
+    failing_fsync.fail = False
     t.delay("after", count_down=100)
     clock.advance(100)
     assert owner.join(timeout=10)
@@ -326,23 +309,23 @@ def test_fsync_failure_in_batch_mode_is_logged_and_the_wheel_goes_on(make_wheel,
             t.delay(i)  # batch mode: delay() does not fsync
         clock.advance(1)
         assert w.join(timeout=10)
-        wait_for(lambda: failing_fsync["failed"] > 0, 10, "the timer's fsync")
+        wait_for(lambda: failing_fsync.failed > 0, 10, "the timer's fsync")
         wait_for(lambda: any("fsync failed" in r.getMessage() or "fsync failed" in str(r.exc_info)
                              for r in caplog.records), 10, "the failure to be logged")
     assert sorted(ran) == list(range(5))
-    failing_fsync["fail"] = False
-    calls = failing_fsync["calls"]
+    failing_fsync.fail = False
+    calls = failing_fsync.calls
     t.delay(5)
     clock.advance(1)
     assert w.join(timeout=10)
-    wait_for(lambda: failing_fsync["calls"] > calls, 10, "a successful fsync")
+    wait_for(lambda: failing_fsync.calls > calls, 10, "a successful fsync")
     assert sorted(ran) == list(range(6))
     journal_bytes_ok(journal)
 
 
 def test_fsync_failure_during_compaction_leaves_the_journal_unchanged(make_wheel, journal, clock,
                                                                       failing_fsync):
-    failing_fsync["fail"] = False
+    failing_fsync.fail = False
     w = make_wheel(journal)
     t = w.task(name="fault.t")(lambda i: None)
     w.start()
@@ -353,7 +336,7 @@ def test_fsync_failure_during_compaction_leaves_the_journal_unchanged(make_wheel
     assert w.join(timeout=10)
     before = open(journal, "rb").read()
     inode = os.stat(journal).st_ino
-    failing_fsync["fail"] = True
+    failing_fsync.fail = True
     with pytest.raises(OSError) as e:
         w.compact()
     assert "unchanged" in advice(str(e.value), journal)
@@ -361,7 +344,7 @@ def test_fsync_failure_during_compaction_leaves_the_journal_unchanged(make_wheel
     assert not os.path.exists(journal + ".tmp")
     # Still usable, and compaction works once fsync does.
     extra = t.delay("x", count_down=100).id
-    failing_fsync["fail"] = False
+    failing_fsync.fail = False
     assert w.compact() == 6
     assert os.stat(journal).st_ino != inode
     assert sorted(r["id"] for r in journal_bytes_ok(journal)) == sorted(keep + [extra])
@@ -377,7 +360,7 @@ def test_fsync_failure_on_stop_still_releases_the_journal(make_wheel, journal, c
     with caplog.at_level(logging.ERROR, logger="wheelq"):
         assert w.stop(timeout=10)
     assert any("closing journal" in r.getMessage() for r in caplog.records)
-    failing_fsync["fail"] = False
+    failing_fsync.fail = False
     again = make_wheel(journal)
     again.start()  # the owner lock was released
     assert [i.id for i in again.pending()] == [h.id]

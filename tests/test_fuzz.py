@@ -16,7 +16,8 @@ be computed from the damaged bytes alone:
 
 A producer's view (``Wheel(path)`` never started) reads the same file: it
 never cuts anything, so it either shows the same records or raises
-``JournalCorrupt`` for the first unreadable complete line.
+``JournalCorrupt`` for the first unreadable complete line (or, for a file that
+is not a journal at all, for its first line).
 
 The cases are seeded: ``WHEELQ_FUZZ_SEED`` and ``WHEELQ_FUZZ_CASES`` change
 them, and a failure names the case's seed so it can be replayed alone.
@@ -174,7 +175,8 @@ def expected(data: bytes) -> dict:
     if b"\n" not in data:
         if HEADER.startswith(data):  # empty, or a torn header: a journal with no tasks
             return {"owner": ("ok", {}, HEADER), "producer": ("ok", {})}
-        return {"owner": ("corrupt", 1), "producer": ("ok", {})}  # nothing complete to read
+        # Not a journal at all: every Wheel refuses it (DESIGN.md section 6) and changes nothing.
+        return {"owner": ("corrupt", 1), "producer": ("corrupt", 1)}
     lines = data.split(b"\n")
     tail = lines.pop()
     try:

@@ -1,10 +1,14 @@
-"""The ring: a pure timing wheel over integer ticks (no threads, no I/O, no clock)."""
+"""The ring: a pure timing wheel over integer ticks (no threads, no I/O, no clock).
+
+It reads and writes nothing of a record but ``at``: its tick while the ring holds it,
+None otherwise.  Its behaviour never depends on which int object a tick is.
+"""
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wheelq import PENDING, QUEUED, _Bucket, _Rec, _Ring
+from wheelq import _Bucket, _Rec, _Ring
 
 
 def rec(tid, due=0.0):
@@ -70,9 +74,9 @@ def test_remove_single_and_from_a_shared_tick():
     assert ring.remove(a) is False
     assert ring.remove(b) is True
     assert len(ring) == 1
-    assert a.at == PENDING and b.at == PENDING  # removed: pending, out of the ring
+    assert a.at is None and b.at is None  # removed: out of the ring
     assert ids(ring.advance(10)) == ["c"]
-    assert c.at == QUEUED  # advance marks what it returns
+    assert c.at is None  # advance takes out what it returns
     assert ring.remove(c) is False
 
 
@@ -173,12 +177,15 @@ def test_an_idle_tick_touches_no_pending_task():
     assert len(ring) == 5000
 
 
+BASE = 10**6  # ticks past the small ints Python shares, as real ticks are
+
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.integers(-5, 60)),
         st.tuples(st.just("remove"), st.integers(0, 200)),
         st.tuples(st.just("readd"), st.integers(0, 200)),
         st.tuples(st.just("advance"), st.integers(-5, 80)),
+        st.tuples(st.just("rebuild"), st.integers(0, 200)),
     ),
     max_size=120,
 )
@@ -187,16 +194,20 @@ ops = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(nslots=st.integers(1, 9), script=ops)
 def test_ring_matches_a_sorted_model(nslots, script):
-    """Against a plain model: nothing early, nothing lost, nothing twice, in tick order."""
-    ring = _Ring(nslots, last=0)
+    """Against a plain model: nothing early, nothing lost, nothing twice, in tick order.
+
+    Ticks are big ints computed afresh (``BASE + arg``), and "rebuild" replaces a held
+    record's ``at`` by an equal int made elsewhere: liveness must not depend on identity.
+    """
+    ring = _Ring(nslots, last=BASE)
     model = {}  # id -> (tick, seq)
     added = []
     seq = 0
     for op, arg in script:
         if op == "add":
             r = rec(seq)
-            ring.add(r, arg)
-            model[r.id] = (max(arg, ring.last + 1), seq)
+            ring.add(r, BASE + arg)
+            model[r.id] = (max(BASE + arg, ring.last + 1), seq)
             assert r.at == model[r.id][0]
             added.append(r)
             seq += 1
@@ -204,24 +215,28 @@ def test_ring_matches_a_sorted_model(nslots, script):
             # A record that left the ring (cancelled, or run and retried) comes back.
             r = added[arg % len(added)]
             if r.id not in model:
-                r.at = PENDING
-                ring.add(r, arg % 70 - 5)
+                assert r.at is None
+                ring.add(r, BASE + arg % 70 - 5)
                 model[r.id] = (r.at, seq)
                 seq += 1
+        elif op == "rebuild" and added:
+            r = added[arg % len(added)]
+            if r.at is not None:
+                r.at = int(str(r.at))  # the same tick, another int object
         elif op == "remove" and added:
             r = added[arg % len(added)]
             assert ring.remove(r) is (r.id in model)
             model.pop(r.id, None)
         elif op == "advance":
             before = ring.last
-            got = ring.advance(arg)
-            want = sorted((v for v in model.items() if v[1][0] <= arg), key=lambda kv: kv[1])
+            got = ring.advance(BASE + arg)
+            want = sorted((v for v in model.items() if v[1][0] <= BASE + arg), key=lambda kv: kv[1])
             assert ids(got) == [kv[0] for kv in want]
             for r in got:
-                assert before < model[r.id][0] <= max(arg, before)
-                assert r.at == QUEUED
+                assert before < model[r.id][0] <= max(BASE + arg, before)
+                assert r.at is None
                 del model[r.id]
-            assert ring.last == max(before, arg)
+            assert ring.last == max(before, BASE + arg)
         assert len(ring) == len(model)
 
 
@@ -237,10 +252,7 @@ def test_fill_places_records_as_add_does(nslots, last, ticks, gone):
     f = [rec(i, due=float(base + k)) for i, k in enumerate(ticks)]
     for r in a:
         by_add.add(r, int(r.due))
-    letter = rec("dead letter", due=float(base + 1))
-    letter.at = "failed"  # not pending: fill leaves it out
-    assert by_fill.fill(f + [letter], int) == len(f)
-    assert letter.at == "failed"
+    assert by_fill.fill(f, int) == len(f)
     assert [r.at for r in f] == [r.at for r in a]  # clamped past ``last`` alike
     assert len(by_fill) == len(by_add)
     for i in gone:  # records leave a filled ring as they leave an added one
@@ -249,3 +261,32 @@ def test_fill_places_records_as_add_does(nslots, last, ticks, gone):
     for to in range(last, base + 70, 7):
         assert ids(by_fill.advance(to)) == ids(by_add.advance(to))
     assert len(by_fill) == len(by_add) == 0
+
+
+def test_rewind_goes_on_from_an_earlier_tick_and_repeats_nothing():
+    """The clock went back: new records fire by the new clock; what ran is gone."""
+    ring = _Ring(8, last=BASE + 100)
+    later = rec("later")
+    ring.add(later, BASE + 150)
+    ring.rewind(BASE + 40)
+    assert ring.last == BASE + 40
+    soon = rec("soon")
+    ring.add(soon, BASE + 41)
+    assert soon.at == BASE + 41  # not pushed past the old last tick
+    assert ids(ring.advance(BASE + 41)) == ["soon"]
+    assert ids(ring.advance(BASE + 149)) == []
+    assert ids(ring.advance(BASE + 150)) == ["later"]
+    ring.rewind(BASE + 500)  # forwards is not a rewind
+    assert ring.last == BASE + 150
+
+
+def test_take_early_takes_only_the_ready_records_of_a_future_tick():
+    ring = _Ring(8, last=BASE)
+    a, b, c = rec("a", due=1.0), rec("b", due=2.0), rec("c", due=1.5)
+    for r in (a, b, c):
+        ring.add(r, BASE + 1)
+    ring.remove(c)
+    ring.add(c, BASE + 1)  # a dead entry of c stays behind it
+    assert ids(ring.take_early(BASE + 1, lambda r: r.due <= 1.5)) == ["a", "c"]
+    assert ring.last == BASE and len(ring) == 1
+    assert ids(ring.advance(BASE + 1)) == ["b"]
