@@ -1197,8 +1197,9 @@ class _Table:
 
     def _end(self, rec: _Rec, final: str) -> None:
         """``rec`` is finished: forget it, remembering its final state for a while."""
-        self._lift(rec)
         tid = rec.id
+        if self.running.pop(tid, None) is None:  # (a done ends a running task, mostly)
+            self._lift(rec)
         del self.tasks[tid]
         finished = self.finished
         finished[tid] = final
@@ -1206,9 +1207,9 @@ class _Table:
             # Drop the older half at once (a dict deleted from one at a time scans
             # the holes its deletions leave at the front).
             self.finished = dict(itertools.islice(finished.items(), _FINISHED_MEMORY, None))
-        sched = rec.sched
-        if sched is not None:
-            cur = self.cursors.get(sched[0])
+        body = rec.body
+        if body.__class__ is _Extra and body.sched is not None:
+            cur = self.cursors.get(body.sched[0])
             if cur is not None and cur.run == tid:
                 cur.run = None
                 if final == DONE:
@@ -1248,12 +1249,14 @@ class _Table:
     def start(self, ids: list) -> list:
         """These tasks began running; returns those that were pending or queued."""
         began = []
-        tasks, running = self.tasks, self.running
+        tasks, running, queued = self.tasks, self.running, self.queued
         for tid in ids:
-            rec = tasks.get(tid)
-            if rec is None or tid in running or tid in self.failed:
-                continue
-            self._lift(rec)
+            rec = queued.pop(tid, None)  # the owner's case: out of the queue
+            if rec is None:
+                rec = tasks.get(tid)  # a replay's: pending
+                if rec is None or tid in running or tid in self.failed:
+                    continue
+                self._lift(rec)
             running[tid] = rec
             began.append(rec)
         return began
@@ -1270,7 +1273,8 @@ class _Table:
                     cur.last = nominal if cur.last is None else max(cur.last, nominal)
             return
         self._end(rec, DONE)
-        self._count("done")
+        if self.counting:
+            self.events["done"] += 1
         if expires is not None:
             self.results[id] = (rec, result, expires, error)
             heapq.heappush(self.expiring, (expires, id))
@@ -1858,33 +1862,16 @@ class _FileStore:
             self.reopened += 1
 
     def append(self, data: bytes, build: Callable | None = None, lines: int = 0) -> int:
-        """Append whole lines under flock (see the class); the caller holds ``lock``.
+        """Append whole lines (see the class); the caller holds ``lock``.
 
         ``lines``: how many lines ``data`` is, when the caller knows (an add
         is one); else they are counted.
         """
         fd = self.fd
         if fd is not None and build is None and self.deliver is not None and not self._deferred:
-            # The owner's plain append, its hottest path: what follows, inline.
-            flock = fcntl.flock
-            flock(fd, fcntl.LOCK_EX)
-            try:
-                end = os.lseek(fd, 0, os.SEEK_END)
-                if end != self._end:
-                    end = self._others(fd, end)
-                try:
-                    n = os.write(fd, data)
-                except OSError as exc:
-                    raise _os_error(exc, self.path, "cannot append to journal",
-                                    _write_advice(exc.errno) + "; nothing was written") from None
-                if n != len(data):
-                    self._short(fd, n, len(data))
-                self._end = end + n
-                self._lineno += lines or data.count(b"\n")
-            finally:
-                flock(fd, fcntl.LOCK_UN)
-            self._written = self._appended = self._written + 1
-            return self._written
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end == self._end:  # nobody appended since our last line: no flock
+                return self._append_owner(fd, data, end, lines)
         if fd is None:
             self.open()
         if self._deferred:
@@ -1897,29 +1884,187 @@ class _FileStore:
             if build is not None:
                 data = build()
             if data:
-                self._write_fd(fd, data)
+                n = self._write_fd(fd, data)
+                if self.deliver is None:
+                    self._check_own(fd, end, n)
                 self._end = end + len(data)
                 if self.deliver is not None:
-                    self._lineno += data.count(b"\n")
+                    self._lineno += lines or data.count(b"\n")
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
         self._written = self._appended = self._written + 1
         return self._written
+
+    def _append_owner(self, fd: int, data: bytes, end: int, lines: int) -> int:
+        """The owner's append, its hottest path: one write() with no flock (DESIGN section 6).
+
+        Producers append under flock, and a producer's write may begin
+        between the look at the file's end and this write.  So the write is
+        checked afterwards: where this line began tells whether another line
+        came first; if it did, it is read (and delivered before this one
+        applies), and if it was torn by a writer that died, the line is
+        spliced out of the file before this append returns.
+        """
+        try:
+            n = os.write(fd, data)
+        except OSError as exc:
+            raise _os_error(exc, self.path, "cannot append to journal",
+                            _write_advice(exc.errno) + "; nothing was written") from None
+        cur = os.lseek(fd, 0, os.SEEK_CUR)  # with O_APPEND: where this write ended
+        if n != len(data) or cur - n != end:
+            cur = self._after_race(fd, end, cur, n, len(data))
+        self._end = cur
+        self._lineno += lines or data.count(b"\n")
+        self._written = self._appended = self._written + 1
+        return self._written
+
+    def _after_race(self, fd: int, end: int, cur: int, n: int, want: int) -> int:
+        """Owner: another writer's bytes fell before this line, or the write came back short.
+
+        Under flock (so no producer is writing): deliver the whole lines that
+        came first, splice out a torn line among them, and cut or splice out
+        this write's own partial line.  Returns where this line now ends.
+        """
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            start = cur - n
+            before = os.pread(fd, start - end, end) if start > end else b""
+            whole = before.rfind(b"\n") + 1
+            if n != want:  # our own partial line: cut it (or take it out), then raise
+                if os.fstat(self.fd).st_size == cur:
+                    os.ftruncate(self.fd, start)
+                else:
+                    self._splice(start, cur, "a partial line of this owner")
+            elif whole < len(before):  # a line torn by a writer that died, then ours
+                self._splice(end + whole, start, "a torn line of a writer that died")
+                cur -= start - (end + whole)
+            if whole:
+                self._deliver(before[:whole])
+            if n != want:
+                raise OSError(errno.ENOSPC, "cannot append to journal %s: only %d of %d bytes fit "
+                              "(disk full or file size limit); free space and retry; nothing was "
+                              "written" % (self.path, n, want))
+            return cur
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def _others(self, fd: int, end: int) -> int:
         """Holding flock, the file ends at ``end``, past our last account: see what others did.
 
-        A last line with no end was torn by a writer that died (every writer
-        holds this flock): cut it.  The owner then reads what others
-        appended and delivers it.  Returns the file's end.
+        A last line with no end is cut if its writer died (see ``_torn``).
+        The owner then reads what others appended and delivers it.  Returns
+        the file's end.
         """
         if end and os.pread(fd, 1, end - 1) != b"\n":
-            end = self._cut_torn(fd, end)
+            end = self._torn(fd, end)
+            fd = self.fd
         if self.deliver is not None and self._end >= 0 and end > self._end:
             data = os.pread(fd, end - self._end, self._end)
             self._deliver(data)
         self._end = end
         return end
+
+    def _torn(self, fd: int, end: int) -> int:
+        """Holding flock: the file ends with a line that has no newline; return the new end.
+
+        Producers write under this flock, so a producer's line (it starts
+        ``{"p":1,``) that has no end was left by one that died: cut it.  The
+        owner writes without it: if the owner lock is free, the owner that
+        left the line died, and it is cut; if not, the owner is writing that
+        line now, so wait (letting go of the flock, which the owner may need)
+        until its newline is in.
+        """
+        while True:
+            start = self._line_start(fd, end)
+            head = os.pread(fd, 3, start)
+            if self.deliver is not None or start == 0 or head == b'{"p' or self._owner_gone():
+                return self._cut_torn(fd, end)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            threading.Event().wait(0.002)
+            fd = self._lock_file()
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if not end or os.pread(fd, 1, end - 1) == b"\n":
+                return end
+
+    def _owner_gone(self) -> bool:
+        """Whether no owner holds the owner lock (tried without waiting, and let go at once)."""
+        try:
+            fd = os.open(self.path + ".lock", os.O_RDWR | _O_NOFOLLOW | _O_CLOEXEC)
+        except OSError:
+            return True  # no lock file: no owner ever started
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+    def _check_own(self, fd: int, end: int, n: int) -> None:
+        """Producer, after its write: a line the owner wrote meanwhile came first; is it whole?
+
+        If the owner died inside that write, this line is glued onto its torn
+        one: splice the torn bytes out (nobody else can be writing: we hold
+        the flock and the owner lock is free).
+        """
+        cur = os.lseek(fd, 0, os.SEEK_CUR)
+        start = cur - n
+        if start == end or os.pread(fd, 1, start - 1) == b"\n":
+            return
+        torn = self._line_start(fd, start)
+        if self._owner_gone():
+            self._splice(torn, start, "a torn line of an owner that died")
+        # else: a live owner's write came back short, and the owner takes its own
+        # partial line out (under this flock) before it raises.
+
+    def _line_start(self, fd: int, end: int) -> int:
+        """Where the line that holds byte ``end - 1`` starts."""
+        pos = end
+        while pos > 0:
+            lo = max(0, pos - 65536)
+            cut = os.pread(fd, pos - lo, lo).rfind(b"\n")
+            if cut >= 0:
+                return lo + cut + 1
+            pos = lo
+        return 0
+
+    def _splice(self, a: int, b: int, what: str) -> None:
+        """Holding flock: take bytes ``[a, b)`` out of the file, which is rewritten and renamed.
+
+        The rare repair after a race glued a line onto a torn one.  A new
+        file, like a compaction's, so that readers without a lock, who take
+        a file to be whole once they read it, see another inode and read it
+        again from the start.
+        """
+        old = self.fd
+        data = _read_all(old)
+        tmp = self.path + ".tmp"
+        new = self._create_tmp(tmp, os.fstat(old))
+        try:
+            fcntl.flock(new, fcntl.LOCK_EX)
+            _write_all(new, data[:a] + data[b:])
+            if self.mode != "never":
+                self._fsync(new)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            os.close(new)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise _os_error(exc, self.path, "cannot take a torn line out of journal",
+                            _write_advice(exc.errno)) from None
+        if self.mode != "never":
+            try:
+                _fsync_dir(self.path)
+            except OSError:
+                logger.warning("journal %s: fsync of its directory failed", self.path)
+        self.fd = new
+        self._fsync_done()
+        os.close(old)  # releases its flock: waiters find the replaced inode
+        self.reopened += 1
+        logger.warning("journal %s: took out %s (%d bytes), which a line was written after; it was "
+                       "never acknowledged", self.path, what, b - a)
 
     def _deliver(self, data: bytes) -> None:
         text, raws = _decode(data)
@@ -1928,14 +2073,7 @@ class _FileStore:
 
     def _cut_torn(self, fd: int, size: int) -> int:
         """Holding flock: cut the file back to its last newline; return the new size."""
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            cut = os.pread(fd, end - start, start).rfind(b"\n")
-            if cut >= 0:
-                end = start + cut + 1
-                break
-            end = start
+        end = self._line_start(fd, size)
         logger.warning("journal %s: cut a torn last line (%d bytes), left by a writer that died; "
                        "it was never acknowledged", self.path, size - end)
         os.ftruncate(fd, end)
@@ -1944,26 +2082,23 @@ class _FileStore:
             end = len(_HEADER)
         return end
 
-    def _write_fd(self, fd: int, data: bytes) -> None:
-        """One write() of whole lines; a short one is cut back, so a failure leaves nothing."""
+    def _write_fd(self, fd: int, data: bytes) -> int:
+        """One write() of whole lines, holding flock; a short one is cut back and raises."""
         try:
             n = os.write(fd, data)
         except OSError as exc:
             raise _os_error(exc, self.path, "cannot append to journal",
                             _write_advice(exc.errno) + "; nothing was written") from None
         if n != len(data):
-            self._short(fd, n, len(data))
-
-    def _short(self, fd: int, n: int, want: int) -> None:
-        """A write that came back short: cut our own partial line (we hold the flock) and raise."""
-        end = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            os.ftruncate(fd, end - n)
-        except OSError:
-            pass
-        raise OSError(errno.ENOSPC, "cannot append to journal %s: only %d of %d bytes fit "
-                      "(disk full or file size limit); free space and retry; nothing was written"
-                      % (self.path, n, want))
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            if os.fstat(fd).st_size == end:
+                os.ftruncate(fd, end - n)
+            else:  # a line of the owner (no flock) followed ours
+                self._splice(end - n, end, "a partial line of this process")
+            raise OSError(errno.ENOSPC, "cannot append to journal %s: only %d of %d bytes fit "
+                          "(disk full or file size limit); free space and retry; nothing was written"
+                          % (self.path, n, len(data)))
+        return n
 
     def defer(self, data: bytes) -> int:
         """Owner, fsync="always": leave ``data`` for the next commit, which writes the group.
@@ -2428,7 +2563,11 @@ _CURRENT: contextvars.ContextVar = contextvars.ContextVar("wheelq_current", defa
 
 
 class _Outcome:
-    """How one run ended: ``error`` is None for a return (``value``), else the error's text."""
+    """How one run ended: ``error`` is None for a return (``value``), else the error's text.
+
+    A run that returned None, with no result to keep and no run time to
+    log (the common case), is reported as its bare record instead.
+    """
 
     __slots__ = ("rec", "task", "error", "value", "exc", "seconds")
 
@@ -2461,7 +2600,10 @@ def _run_task(rec: Any, task: Any, timed: bool) -> _Outcome:
         return _failure(rec, task, exc, started and _monotonic() - started)
     finally:
         _CURRENT.reset(token)
-    if inspect.isawaitable(value):
+    if value is None:
+        if started is None and not task.result_ttl:
+            return rec
+    elif inspect.isawaitable(value):
         if inspect.iscoroutine(value):
             value.close()  # never awaited, on purpose: no RuntimeWarning
         return _Outcome(rec, task, "TypeError: task %r returned a coroutine; declare it with "
@@ -2549,9 +2691,10 @@ class _Threads:
     the wheel's state lock) is notified when a worker takes a batch or ends one.
     """
 
-    def __init__(self, workers: int, queue_size: int, execute: Callable[[list], None]):
+    def __init__(self, workers: int, queue_size: int, execute: Callable[[list], None],
+                 recover: Callable[[list], None]):
         self.queue: queue.Queue = queue.Queue(queue_size)
-        self.execute = execute
+        self.execute, self.recover = execute, recover
         self.threads = [threading.Thread(target=self._work, name="wheelq-worker-%d" % (n + 1),
                                          daemon=True) for n in range(workers)]
 
@@ -2565,7 +2708,12 @@ class _Threads:
             batch = get()
             if batch is None:
                 return
-            self.execute(batch)
+            try:
+                self.execute(batch)
+            except Exception:  # wheelq's own failure: the worker goes on, the tasks run again
+                logger.exception("a worker could not finish a batch of %d task(s); they are pending "
+                                 "again", len(batch))
+                self.recover(batch)
 
     def submit(self, batch: list, stopping: threading.Event) -> bool:
         """Queue a batch, waiting in short steps while full; False if stopping."""
@@ -3596,6 +3744,8 @@ class Wheel:
 
     def _wake_waiters(self) -> None:
         """A task finished: wake the aresult() calls (each re-checks its own task)."""
+        if not self._waiters:
+            return
         with self._lock:
             waiters, self._waiters = self._waiters, []
         for loop, fut in waiters:
@@ -3626,12 +3776,13 @@ class Wheel:
             owner = self._role is _OWNER
             store = self._store
             if owner:
-                lost = store.check()
+                with store.lock:  # (a compaction swaps the file under this lock)
+                    lost = store.check()
+                    if lost is None:
+                        store.tail()
                 if lost is not None:
                     self._detach(lost)
                     return 0
-                with store.lock:
-                    store.tail()
             with self._lock:
                 table = self._table
                 table.expire(now)
@@ -3661,7 +3812,8 @@ class Wheel:
     def _dispatch(self, due: list) -> None:
         """Hand due tasks to the runners in batches; a task a crash cut short runs alone."""
         stopping = self._stopping
-        alone = [r for r in due if r.body.__class__ is _Extra and r.body.crashes is not None]
+        alone = [r for r in due if r.body.__class__ is _Extra and r.body.crashes is not None] \
+            if any(r.body.__class__ is _Extra for r in due) else ()
         if alone:
             # Nothing else runs beside such a task, so that if the process dies
             # again the journal shows which task it was running.
@@ -3673,10 +3825,13 @@ class Wheel:
             if not self._wait_idle():
                 self._unqueue(due)
                 return
-        threads, loop = [], []
-        for rec in due:
-            task = self._registry.get(rec.name)
-            (loop if task is not None and task.is_async else threads).append(rec)
+        asyncs = {n for n, t in self._registry.items() if t.is_async}
+        if asyncs:
+            threads, loop = [], []
+            for rec in due:
+                (loop if rec.name in asyncs else threads).append(rec)
+        else:
+            threads, loop = due, []
         for recs, runner in ((loop, self._loop_runner), (threads, lambda: self._pool)):
             if not recs:
                 continue
@@ -3759,6 +3914,15 @@ class Wheel:
         if outcomes:
             self._report(outcomes, now)
 
+    def _recover(self, batch: list) -> None:
+        """A batch whose run or report failed inside wheelq: its unfinished tasks are pending again."""
+        with self._lock:
+            table = self._table
+            stuck = [r for r in batch if table.running.get(r.id) is r]
+            table.unqueue([r for r in batch if table.queued.get(r.id) is r])
+        if stuck:
+            self._unstart(stuck)
+
     def _unstart(self, recs: list) -> None:
         """Tasks journaled as started that will not run now (the wheel stops): pending again.
 
@@ -3785,6 +3949,10 @@ class Wheel:
         now = self._now() if now is None else now
         lines, changes = [], []
         for o in outcomes:
+            if o.__class__ is _Rec:  # returned None, nothing to keep (see _Outcome)
+                lines.append(_done_line(o.id))
+                changes.append(o.id)
+                continue
             rec, task = o.rec, o.task
             if o.error is None:
                 ttl = task.result_ttl if task is not None else 0
@@ -3802,7 +3970,7 @@ class Wheel:
                     changes.append(("done", record))
                 else:
                     lines.append(_done_line(rec.id))
-                    changes.append(("done", {"id": rec.id}))
+                    changes.append(rec.id)
                 if o.seconds is not None:
                     logger.debug("task %s [%s] done in %.3fs", rec.name, _printable(rec.id), o.seconds)
                 continue
@@ -3833,8 +4001,13 @@ class Wheel:
                                  "a restart", len(lines))
             with self._lock:
                 table = self._table
-                for op, fields in changes:
-                    getattr(table, op)(**fields)
+                done = table.done
+                for change in changes:
+                    if change.__class__ is str:  # a plain done
+                        done(change)
+                    else:
+                        op, fields = change
+                        getattr(table, op)(**fields)
                 self._idle.notify_all()
         self._wake_waiters()
         if seq and self._always and self._role is _OWNER:
@@ -4026,7 +4199,7 @@ class Wheel:
             self._close()
 
     def _launch(self) -> None:
-        self._pool = _Threads(self._workers, self._queue_size, self._execute)
+        self._pool = _Threads(self._workers, self._queue_size, self._execute, self._recover)
         self._pool.start()
         if any(t.is_async for t in self._registry.values()):
             self._loop_runner()

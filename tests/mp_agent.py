@@ -285,7 +285,8 @@ def _owner(a) -> int:
 
         def traced(outcomes, now=None):
             report(outcomes, now)
-            os.write(fd, ("!done %d %s\n" % (pid, " ".join(o.rec.args[0] for o in outcomes))).encode())
+            recs = [getattr(o, "rec", o) for o in outcomes]  # (a plain success is its record)
+            os.write(fd, ("!done %d %s\n" % (pid, " ".join(r.args[0] for r in recs))).encode())
 
         wheel._report = traced
     wheel.start(standby=a.standby)

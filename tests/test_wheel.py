@@ -725,3 +725,94 @@ def test_a_task_may_stop_its_own_wheel_without_hanging(make_wheel, clock):
     assert asked.wait(WAIT)
     assert wheel.stop(timeout=WAIT) is True  # the stop the task asked for completes
     assert answers == [False]  # it returned at once instead of waiting for itself
+
+
+# -- tick(now) is the whole step, and the clock may go back --------------------------
+
+
+def test_tick_now_is_the_time_of_the_whole_step(clock):
+    """A retry filed during tick(now=T+100) waits from T+100, not from the clock's T."""
+    wheel = wheelq.Wheel(clock=clock)  # never started: tick() runs the due tasks here
+    t = clock.time()
+
+    @wheel.task(name="flaky", retries=1, retry_delay=10)
+    def flaky():
+        raise ConnectionError("down")
+
+    h = flaky.delay(count_down=50)
+    assert wheel.tick(now=t + 100) == 1
+    info = wheel.get(h.id)
+    assert (info.status, info.tries, info.due) == ("pending", 1, t + 100 + 10)
+    assert wheel.tick(now=t + 109) == 0  # not overdue when filed: due 10 s after the step's now
+    assert wheel.tick(now=t + 110) == 1
+    assert h.status() == "failed"
+
+
+def test_a_clock_stepped_back_an_hour_leaves_the_owner_running(journal, clock, fsync_spy):
+    """After set(now - 3600): producers' records are still taken in and synced within a tick
+    of real time, and a task added after the step runs by the new clock."""
+    tick = 0.25
+    owner = wheelq.Wheel(journal, clock=clock, tick=tick)
+    ran = {}
+    seen = threading.Condition()
+
+    def job(tag):
+        with seen:
+            ran[tag] = clock.time()
+            seen.notify_all()
+
+    owner.task(name="job")(job)
+    owner.start()
+    try:
+        assert owner.join(timeout=WAIT)
+        before = clock.time()
+        clock.set(before - 3600)  # NTP, or a restored VM
+        producer = wheelq.Wheel(journal, clock=clock)
+        remote = producer.task(name="job")(job).delay("from-producer", count_down=0)
+        synced = fsync_spy.calls
+        deadline = threading.Event()
+        for _ in range(int(4 * tick / 0.01)):  # within a tick or two of real time, not an hour
+            if owner.get(remote.id) is not None and fsync_spy.calls > synced:
+                break
+            deadline.wait(0.01)
+        assert owner.get(remote.id) is not None, "the owner did not take the producer's record in"
+        assert fsync_spy.calls > synced, "the owner did not sync the producer's record"
+        clock.advance(tick)
+        with seen:
+            assert seen.wait_for(lambda: "from-producer" in ran, WAIT)
+        later = owner.task(name="later")(lambda: job("later"))
+        added_at = clock.time()
+        later.delay(count_down=300)
+        clock.advance(299)
+        assert owner.join(timeout=WAIT)
+        assert "later" not in ran  # not at once
+        clock.advance(1)
+        with seen:
+            assert seen.wait_for(lambda: "later" in ran, WAIT)
+        assert added_at + 300 <= ran["later"] < before  # by the new clock, not an hour late
+        producer.stop()
+    finally:
+        assert owner.stop(timeout=WAIT)
+
+
+def test_a_plain_function_that_returns_a_coroutine_is_a_failed_try(make_wheel, clock):
+    wheel = make_wheel()
+
+    async def work():
+        return "never awaited"
+
+    @wheel.task(name="looks.async", retries=1, retry_delay=1)
+    def looks_async():
+        return work()  # a coroutine: this function is not `async def`
+
+    wheel.start()
+    h = looks_async.delay()
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT)
+    info = wheel.get(h.id)
+    assert (info.status, info.tries) == ("pending", 1)
+    assert info.error == "TypeError: task 'looks.async' returned a coroutine; declare it with async def"
+    clock.advance(1)
+    assert wheel.join(timeout=WAIT)
+    assert h.status() == "failed"  # a dead letter, never done
+    assert wheel.stats()["done"] == 0
