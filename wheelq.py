@@ -603,14 +603,22 @@ class _Ring:
             self.remove(rec)
         return out
 
-    def rewind(self, to: int) -> None:
+    def rewind(self, to: int, tick_of: Callable[[Any], int]) -> None:
         """The clock went back: go on from tick ``to``.
 
-        Every tick after ``last`` still holds its records, and the ticks up
-        to ``last`` are empty (they were processed), so nothing runs twice.
+        The ticks up to ``last`` are empty (they were processed), so nothing
+        runs twice, and every later tick keeps its records; but a record
+        added since the clock went back was pushed to ``last + 1``, its own
+        tick (``tick_of(rec)``) having passed by the old time: it moves back
+        to its own tick, or ``to + 1``.
         """
-        if to < self.last:
-            self.last = to
+        if to >= self.last:
+            return
+        k = self.last + 1
+        pushed = self.take_early(k, lambda rec: tick_of(rec) < k)
+        self.last = to
+        for rec in pushed:
+            self.add(rec, tick_of(rec))
 
 
 def _take(cur: Any, out: list) -> None:
@@ -3775,21 +3783,21 @@ class Wheel:
         with self._tick_lock:
             owner = self._role is _OWNER
             store = self._store
+            k = self._tick_floor(now)
             if owner:
                 with store.lock:  # (a compaction swaps the file under this lock)
                     lost = store.check()
                     if lost is None:
+                        self._rewind(k)  # first: what others added is placed by the new time
                         store.tail()
                 if lost is not None:
                     self._detach(lost)
                     return 0
+            else:
+                self._rewind(k)
             with self._lock:
                 table = self._table
                 table.expire(now)
-                k = self._tick_floor(now)
-                ring = table.ring
-                if k < ring.last:
-                    ring.rewind(k)
                 due = table.due(k)
                 if eager:
                     due += table.due_early(k + 1, now)
@@ -3808,6 +3816,14 @@ class Wheel:
             if owner:
                 self._maybe_compact(now)
             return len(due)
+
+    def _rewind(self, k: int) -> None:
+        """If the clock went back past the last tick processed, go on from tick ``k``."""
+        with self._lock:
+            ring = self._table.ring
+            if k < ring.last:
+                tick_of = self._tick_ceil
+                ring.rewind(k, lambda rec: tick_of(rec.due))
 
     def _dispatch(self, due: list) -> None:
         """Hand due tasks to the runners in batches; a task a crash cut short runs alone."""

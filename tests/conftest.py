@@ -61,6 +61,12 @@ def writes(wheel: wheelq.Wheel) -> int:
     return wheel._store._written
 
 
+def all_synced(wheel: wheelq.Wheel) -> bool:
+    """Whether every write of the wheel's journal so far (others' lines it read included) is fsynced."""
+    store = wheel._store
+    return store._synced >= store._written
+
+
 def journal_was_read(wheel: wheelq.Wheel) -> bool:
     """Whether this (producer's) wheel ever read the journal, for a view of its tasks."""
     store = wheel._store

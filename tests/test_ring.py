@@ -266,17 +266,21 @@ def test_fill_places_records_as_add_does(nslots, last, ticks, gone):
 def test_rewind_goes_on_from_an_earlier_tick_and_repeats_nothing():
     """The clock went back: new records fire by the new clock; what ran is gone."""
     ring = _Ring(8, last=BASE + 100)
-    later = rec("later")
+    later = rec("later", due=BASE + 150)
     ring.add(later, BASE + 150)
-    ring.rewind(BASE + 40)
+    pushed = rec("pushed", due=BASE + 42)  # added after the clock went back, before the rewind
+    ring.add(pushed, BASE + 42)
+    assert pushed.at == BASE + 101
+    ring.rewind(BASE + 40, lambda r: int(r.due))
     assert ring.last == BASE + 40
+    assert pushed.at == BASE + 42  # back to its own tick
     soon = rec("soon")
     ring.add(soon, BASE + 41)
     assert soon.at == BASE + 41  # not pushed past the old last tick
     assert ids(ring.advance(BASE + 41)) == ["soon"]
-    assert ids(ring.advance(BASE + 149)) == []
+    assert ids(ring.advance(BASE + 149)) == ["pushed"]
     assert ids(ring.advance(BASE + 150)) == ["later"]
-    ring.rewind(BASE + 500)  # forwards is not a rewind
+    ring.rewind(BASE + 500, lambda r: int(r.due))  # forwards is not a rewind
     assert ring.last == BASE + 150
 
 

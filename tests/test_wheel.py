@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import wheelq
-from conftest import journal_is_open, python_env
+from conftest import all_synced, journal_is_open, python_env
 
 WAIT = 10  # seconds: the bound on every blocking wait in these tests
 
@@ -767,19 +767,22 @@ def test_a_clock_stepped_back_an_hour_leaves_the_owner_running(journal, clock, f
         assert owner.join(timeout=WAIT)
         before = clock.time()
         clock.set(before - 3600)  # NTP, or a restored VM
+        own = owner.task(name="own")(lambda: job("own")).delay(count_down=0)  # before any tick
         producer = wheelq.Wheel(journal, clock=clock)
-        remote = producer.task(name="job")(job).delay("from-producer", count_down=0)
         synced = fsync_spy.calls
+        remote = producer.task(name="job")(job).delay("from-producer", count_down=0)
         deadline = threading.Event()
         for _ in range(int(4 * tick / 0.01)):  # within a tick or two of real time, not an hour
-            if owner.get(remote.id) is not None and fsync_spy.calls > synced:
+            if owner.get(remote.id) is not None and fsync_spy.calls > synced and all_synced(owner):
                 break
             deadline.wait(0.01)
         assert owner.get(remote.id) is not None, "the owner did not take the producer's record in"
-        assert fsync_spy.calls > synced, "the owner did not sync the producer's record"
+        assert fsync_spy.calls > synced and all_synced(owner), "the owner did not sync the producer's record"
         clock.advance(tick)
         with seen:
-            assert seen.wait_for(lambda: "from-producer" in ran, WAIT)
+            assert seen.wait_for(lambda: "from-producer" in ran and "own" in ran, WAIT)
+        assert owner.join(timeout=WAIT)
+        assert own.status() == "done"
         later = owner.task(name="later")(lambda: job("later"))
         added_at = clock.time()
         later.delay(count_down=300)
