@@ -156,7 +156,9 @@ import threading
 import time
 import traceback
 import weakref
-from datetime import datetime, timedelta, timezone, tzinfo
+import zoneinfo
+from bisect import bisect_left, bisect_right
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any, Callable, Iterable, Iterator
 
 __all__ = [
@@ -385,18 +387,788 @@ class ManualClock:
 
 
 # --------------------------------------------------------------------------
-# Schedules: the time arithmetic of periodic tasks (pure functions of time)
+# Schedules: the cron parser, and the next nominal time after t (pure functions)
 # --------------------------------------------------------------------------
 
+# (name in messages, lowest value, highest value)
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31),
+                ("month", 1, 12), ("day-of-week", 0, 7))
+_CRON_MONTHS = {n: i + 1 for i, n in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
+_CRON_DAYS = {n: i for i, n in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+_CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+                "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+                "@hourly": "0 * * * *"}
+_CRON_ITEM = re.compile(r"(\*|[0-9]+|[a-z]+)(?:-([0-9]+|[a-z]+))?(?:/([0-9]+))?\Z")
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_ORD_1970 = 719163                 # date(1970, 1, 1).toordinal()
+_ORD_MAX = 3652059 - 2             # date(9999, 12, 29): room for any UTC offset
+_T_MIN = -62135596800 + 2 * 86400   # 0001-01-03T00:00:00Z
+_T_MAX = 253402300799 - 2 * 86400   # 9999-12-29T23:59:59Z
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1)
+_LOCALTIME = "/etc/localtime"
 
-def _iso_utc(t: float) -> str:
-    """Epoch seconds as UTC ISO 8601 to the second: ``2026-12-04T10:05:00Z``."""
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+def _month_days(year: int, month: int) -> int:
+    """Days in a month of the Gregorian calendar."""
+    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        return 29
+    return _MONTH_DAYS[month]
+
+
+class _Cron:
+    """A parsed cron expression.
+
+    ``expr`` is the text as given, lower-cased with single spaces (a macro stays
+    a macro); ``fields`` the five fields it stands for.  ``hourly`` is True when
+    the hour field matches every hour of the day (``*``, ``*/1``, ``0-23``): such
+    a schedule skips a DST gap and runs twice in an overlap; any other is
+    fixed-time.  The rest is for ``_cron_next``: ``times`` the sorted minutes of
+    the day (hour * 60 + minute) that match, ``month_bits`` bit m set for each
+    month m, ``day_masks[w * 4 + n - 28]`` the days (bit d) that match in a
+    month of n days whose 1st falls on weekday w (0 = Sunday), with the
+    day-of-month/day-of-week OR rule already applied, and ``every_day`` when
+    every day of every month matches.
+    """
+
+    __slots__ = ("expr", "fields", "hourly", "minutes", "hours", "days", "months", "weekdays",
+                 "times", "month_bits", "day_masks", "every_day")
+
+    def __repr__(self) -> str:
+        return "_Cron(%r)" % self.expr
+
+
+def _cron_error(expr: str, name: str, text: str, problem: str) -> ValueError:
+    """The ValueError for one field: the expression, the field, what is wrong and the fix."""
+    return ValueError("cron expression %r: %s field %r %s" % (expr, name, text, problem))
+
+
+def _cron_value(expr: str, index: int, field: str, token: str) -> int:
+    """One number or name of a field, checked against the field's range."""
+    name, lo, hi = _CRON_FIELDS[index]
+    if token.isdigit():
+        value = int(token)
+        if not lo <= value <= hi:
+            raise _cron_error(expr, name, field, "has %d, out of range: use %d-%d%s" % (
+                value, lo, hi, " (0 and 7 are both Sunday)" if index == 4 else ""))
+        return value
+    names = _CRON_MONTHS if index == 3 else _CRON_DAYS if index == 4 else None
+    if index in (2, 4) and token not in _CRON_DAYS and ("l" in token or index == 2 and "w" in token):
+        raise _cron_unsupported(expr, index, field, token)
+    if names is None:
+        raise _cron_error(expr, name, field, "has %r: use numbers %d-%d (names are only for "
+                          "month and day-of-week)" % (token, lo, hi))
+    if token in names:
+        return names[token]
+    hint = " (%s)" % token[:3] if token[:3] in names else ""
+    raise _cron_error(expr, name, field, "has %r, not a number or a name: use %d-%d or %s%s" % (
+        token, lo, hi, "jan-dec" if index == 3 else "sun-sat", hint))
+
+
+def _cron_unsupported(expr: str, index: int, field: str, item: str) -> ValueError:
+    """The error for an item that is no form of the dialect, naming what it looks like."""
+    name, lo, hi = _CRON_FIELDS[index]
+    if item == "?":
+        return _cron_error(expr, name, field, "has '?', which is Quartz syntax: use '*'")
+    if "#" in item:
+        return _cron_error(expr, name, field, "has '#' (the nth weekday of the month), which "
+                           "wheelq does not support: run on days 1-7 ('0 9 1-7 * *') and check "
+                           "the weekday in the task")
+    if index in (2, 4) and "l" in item:
+        return _cron_error(expr, name, field, "has 'L' (last day), which wheelq does not "
+                           "support: list the days, e.g. 28-31, and check the date in the task")
+    if index == 2 and "w" in item:
+        return _cron_error(expr, name, field, "has 'W' (nearest weekday), which wheelq does not "
+                           "support: list the days, and check the weekday in the task")
+    return _cron_error(expr, name, field, "has %r, which is not a number, a name, a range a-b, "
+                       "or a step */n or a-b/n: use e.g. 5, %d-%d or */2" % (item, lo, hi))
+
+
+def _cron_field(expr: str, index: int, field: str) -> set:
+    """The values one field matches (day of week 7 becomes 0)."""
+    name, lo, hi = _CRON_FIELDS[index]
+    top = 6 if index == 4 else hi       # '*' in day-of-week is 0-6; 7 only as an alias
+    size = top - lo + 1
+    values = set()
+    for item in field.split(","):
+        if not item:
+            raise _cron_error(expr, name, field, "has an empty list item: remove the extra comma")
+        m = _CRON_ITEM.match(item)
+        if m is None:
+            raise _cron_unsupported(expr, index, field, item)
+        base, end, step = m.groups()
+        if step is not None:
+            n = int(step)
+            if n < 1:
+                raise _cron_error(expr, name, field, "has step %d: the step must be at least 1 "
+                                  "(*/1 is every value)" % n)
+            if n > size:
+                fix = ("for every %d minutes use every=%d" % (n, n * 60) if index == 0 else
+                       "for every %d hours use every=%d" % (n, n * 3600) if index == 1 else
+                       "list the values instead")
+                raise _cron_error(expr, name, field, "has step %d, out of range: the step must be "
+                                  "1-%d; %s" % (n, size, fix))
+        else:
+            n = 1
+        if base == "*":
+            if end is not None:
+                raise _cron_unsupported(expr, index, field, item)
+            a, b = lo, top
+        else:
+            a = _cron_value(expr, index, field, base)
+            if end is None:
+                if step is not None:
+                    raise _cron_error(expr, name, field, "has %r: a step needs a range; write "
+                                      "%d-%d/%d (from %d to the end) or */%d" % (
+                                          item, a, top, n, a, n))
+                b = a
+            else:
+                b = _cron_value(expr, index, field, end)
+                if a > b:
+                    fix = ("write %d-7 (7 is Sunday too)" % a if index == 4 and b == 0 else
+                           "write the smaller value first; for a range that wraps around, use a "
+                           "list such as 22-23,0-2")
+                    raise _cron_error(expr, name, field, "has the reversed range %r: %s" % (item, fix))
+        values.update(range(a, b + 1, n))
+    if index == 4 and 7 in values:
+        values.discard(7)
+        values.add(0)
+    return values
+
+
+def _parse_cron(expr: str) -> _Cron:
+    """Parse a cron expression of the dialect of DESIGN.md section 4 into a ``_Cron``.
+
+    Five fields (minute hour day-of-month month day-of-week) of ``*``, numbers,
+    ranges ``a-b``, lists ``a,b``, steps ``*/n`` and ``a-b/n``; English names
+    for months and days; day of week 0-7 with 0 and 7 both Sunday; Vixie's OR
+    rule when both day fields are restricted (a field beginning with ``*``
+    counts as unrestricted); the macros @yearly @annually @monthly @weekly
+    @daily @midnight @hourly.  Anything else, and an expression that can never
+    fire, raises ``ValueError`` naming the field and the fix.
+    """
+    if not isinstance(expr, str):
+        raise TypeError("a cron expression is a str such as '30 2 * * *', not %s"
+                        % type(expr).__name__)
+    text = " ".join(expr.split()).lower()
+    if not text:
+        raise ValueError("empty cron expression: give five fields (minute hour day month "
+                         "weekday), e.g. '*/5 * * * *', or a macro such as @daily")
+    if text.startswith("@"):
+        if text == "@reboot":
+            raise ValueError("cron expression '@reboot' is not supported: schedules run on the "
+                             "clock; call the function when your program starts instead")
+        if " " in text:
+            raise ValueError("cron expression %r: a macro stands alone: write %r, or five fields"
+                             % (expr, text.split()[0]))
+        if text not in _CRON_MACROS:
+            raise ValueError("cron expression %r is not a known macro: use @yearly, @annually, "
+                             "@monthly, @weekly, @daily, @midnight or @hourly, or five fields"
+                             % expr)
+        fields = _CRON_MACROS[text].split()
+    else:
+        fields = text.split()
+        if len(fields) != 5:
+            n = len(fields)
+            if n > 5:
+                m = re.match(r"\*/([0-9]+)\Z", fields[0])
+                fix = ("use every=%s for seconds" % m.group(1) if m else
+                       "drop the seconds (and year) fields, or use every= for seconds")
+            else:
+                fix = "write all five, e.g. '0 * * * *' for every hour"
+            raise ValueError("cron expression %r has %d fields; wheelq takes 5 (minute hour day "
+                             "month weekday): %s" % (expr, n, fix))
+    sets = [_cron_field(expr, i, f) for i, f in enumerate(fields)]
+    minutes, hours, days, months, weekdays = sets
+    loose = fields[2].startswith("*") or fields[4].startswith("*")
+    dom_bits = sum(1 << d for d in days)
+    masks = []
+    for first in range(7):
+        for n in range(28, 32):
+            dow_bits = sum(1 << d for d in range(1, n + 1) if (first + d - 1) % 7 in weekdays)
+            valid = (1 << (n + 1)) - 2
+            masks.append(((dom_bits & dow_bits) if loose else (dom_bits | dow_bits)) & valid)
+    # Only the day-of-month decides whether a date can ever match: every weekday
+    # pattern of a month recurs within 400 years.
+    if loose and not any(d <= (29 if m == 2 else _MONTH_DAYS[m]) for m in months for d in days):
+        raise ValueError("cron expression %r can never fire: no month in %s has day %s; check "
+                         "the day-of-month and month fields" % (
+                             expr, fields[3], ",".join(str(d) for d in sorted(days))))
+    c = _Cron()
+    c.expr = text
+    c.fields = tuple(fields)
+    c.hourly = len(hours) == 24
+    c.minutes, c.hours, c.days = tuple(sorted(minutes)), tuple(sorted(hours)), tuple(sorted(days))
+    c.months, c.weekdays = tuple(sorted(months)), tuple(sorted(weekdays))
+    c.times = tuple(h * 60 + m for h in c.hours for m in c.minutes)
+    c.month_bits = sum(1 << m for m in months)
+    c.day_masks = tuple(masks)
+    c.every_day = c.month_bits == 0x1FFE and all(
+        masks[i] == (1 << (28 + i % 4 + 1)) - 2 for i in range(28))
+    return c
+
+
+def _cron_day(c: _Cron, year: int, month: int, day: int, first: int, limit: int):
+    """The ordinal of the first matching date on or after (year, month, day), no later
+    than the ordinal ``limit``, or None.  ``first`` is the ordinal of (year, month, 1);
+    ``day`` may be one past the month's end."""
+    bits, masks = c.month_bits, c.day_masks
+    while first <= limit:
+        n = _month_days(year, month)
+        if (bits >> month) & 1 and day <= n:
+            # Ordinals count from Monday 0001-01-01 = 1, so ordinal % 7 is 0 on Sundays.
+            found = masks[(first % 7) * 4 + n - 28] >> day
+            if found:
+                at = first + day - 1 + (found & -found).bit_length() - 1
+                return at if at <= limit else None
+        first += n
+        day = 1
+        month += 1
+        if month == 13:
+            month = 1
+            year += 1
+    return None
+
+
+def _cron_first(c: _Cron, lo: int, hi: int | None) -> int | None:
+    """The first matching local wall minute m with lo <= m < hi (minutes since
+    1970-01-01 00:00 local), or None.  With hi None, search to year 9999."""
+    times = c.times
+    day, minute = divmod(lo, 1440)
+    if c.every_day:
+        i = bisect_left(times, minute)
+        m = day * 1440 + times[i] if i < len(times) else (day + 1) * 1440 + times[0]
+        return m if hi is None or m < hi else None
+    ordinal = day + _ORD_1970
+    limit = _ORD_MAX if hi is None else min(_ORD_MAX, (hi - 1) // 1440 + _ORD_1970)
+    if ordinal > limit:
+        return None
+    d = date.fromordinal(ordinal)
+    year, month, mday = d.year, d.month, d.day
+    if (c.month_bits >> month) & 1 and minute <= times[-1]:
+        first = ordinal - mday + 1
+        if (c.day_masks[(first % 7) * 4 + _month_days(year, month) - 28] >> mday) & 1:
+            m = day * 1440 + times[bisect_left(times, minute)]
+            return m if hi is None or m < hi else None
+    ordinal = _cron_day(c, year, month, mday + 1, ordinal - mday + 1, limit)
+    if ordinal is None:
+        return None
+    m = (ordinal - _ORD_1970) * 1440 + times[0]
+    return m if hi is None or m < hi else None
+
+
+class _Zone:
+    """A time zone as spans of constant UTC offset, found by asking the tzinfo.
+
+    Only ``tzinfo.fromutc`` is used (through ``astimezone``), so any tzinfo works,
+    zoneinfo, pytz and dateutil alike.  The offsets of each stretch of
+    ``_ZONE_CHUNK`` seconds are sampled once a day and every change is located to
+    the second by bisection; the result is cached.  This assumes that an offset
+    never changes and changes back within a day: in tzdata the closest such pair
+    is four days apart (Africa/Freetown, 1939).
+    """
+
+    __slots__ = ("tz", "fixed", "chunks", "last")
+
+    def __init__(self, tz: tzinfo):
+        self.tz = tz
+        self.chunks = {}
+        self.last = (0, 0, 0, 0)
+        self.fixed = None
+        try:
+            off = tz.utcoffset(None)  # a tzinfo with one offset gives it without a datetime
+        except Exception:  # a hand-written tzinfo may not expect None
+            off = None
+        if off is not None:
+            self.fixed = _td_seconds(off)
+        elif (getattr(tz, "key", None) or "").startswith("Etc/") or getattr(tz, "key", None) in (
+                "UTC", "UCT", "GMT", "Universal", "Zulu", "Greenwich", "GMT0"):
+            self.fixed = self.offset(0)
+
+    def offset(self, t: float):
+        """The UTC offset in seconds at instant t (held constant a day inside years 1 and 9999)."""
+        t = min(max(t, _T_MIN), _T_MAX)
+        return _td_seconds((_EPOCH_UTC + timedelta(seconds=t)).astimezone(self.tz).utcoffset())
+
+    def span(self, t: float) -> tuple:
+        """(start, end, offset, offset before start) of the span holding instant t.
+        Span ends at chunk boundaries may be no change at all (offset before == offset)."""
+        k = int(t // _ZONE_CHUNK)
+        chunk = self.chunks.get(k) or self._scan(k)
+        before, first, changes, offsets = chunk
+        i = bisect_right(changes, t)
+        end = changes[i] if i < len(changes) else (k + 1) * _ZONE_CHUNK
+        if i == 0:
+            return k * _ZONE_CHUNK, end, first, before
+        return changes[i - 1], end, offsets[i - 1], (first if i == 1 else offsets[i - 2])
+
+    def _scan(self, k: int) -> tuple:
+        off = self.offset
+        lo = k * _ZONE_CHUNK
+        hi = lo + _ZONE_CHUNK - 1
+        first = cur = off(lo)
+        changes, offsets = [], []
+        a = lo
+        while a < hi:
+            b = min(a + 86400, hi)
+            ob = off(b)
+            while ob != cur:
+                x, y = a, b        # off(x) == cur != off(y): a change in (x, y]
+                while y - x > 1:
+                    mid = (x + y) // 2
+                    if off(mid) == cur:
+                        x = mid
+                    else:
+                        y = mid
+                cur = off(y)
+                changes.append(y)
+                offsets.append(cur)
+                a = y
+            a = b
+        chunk = (off(lo - 1), first, tuple(changes), tuple(offsets))
+        self.chunks[k] = chunk
+        return chunk
+
+
+_ZONE_CHUNK = 1 << 25  # about 388 days
+_ZONES = {}
+
+
+def _td_seconds(td: timedelta):
+    """A UTC offset in seconds: an int, unless it has microseconds."""
+    s = td.days * 86400 + td.seconds
+    return s + td.microseconds / 1e6 if td.microseconds else s
+
+
+def _zone(tz) -> _Zone:
+    """The cached ``_Zone`` of a tzinfo (or of a zone name)."""
+    try:
+        key = tz
+        z = _ZONES.get(key)
+    except TypeError:  # an unhashable tzinfo: by identity (the _Zone keeps it alive)
+        key = ("id", id(tz))
+        z = _ZONES.get(key)
+    if z is not None:
+        return z
+    if isinstance(tz, str):
+        z = _Zone(_resolve_tz(tz)[0])
+        if tz.strip().lower() == "local":
+            return z  # follows TZ when it changes
+    elif isinstance(tz, tzinfo):
+        z = _Zone(tz)
+    else:
+        raise TypeError("tz must be a tzinfo or a zone name, not %s" % type(tz).__name__)
+    if len(_ZONES) >= 256:
+        _ZONES.clear()
+    _ZONES[key] = z
+    return z
+
+
+def _cron_next(cron: _Cron, tz, after: float) -> tuple:
+    """The first nominal time of ``cron`` in zone ``tz`` strictly after ``after``.
+
+    Returns (epoch seconds, mark).  Fields match local wall time.  The mark is
+    None, "moved" (a fixed-time schedule's matches in a spring-forward gap,
+    made one run at the first instant after the gap; also when that instant
+    matches by itself) or "repeated" (an hourly schedule's run at the second
+    occurrence of a wall time in a fall-back overlap; the first is unmarked).
+    A fixed-time schedule runs only at the first occurrence of an overlap's
+    wall times; an hourly one skips a gap.  Successive calls give strictly
+    increasing times, one run per instant at most.
+    """
+    try:
+        zone = _ZONES[tz]
+    except (KeyError, TypeError):
+        zone = _zone(tz)
+    if not _T_MIN < after < _T_MAX:
+        raise ValueError("time %r is out of range: give epoch seconds between years 1 and 9999"
+                         % (after,))
+    off = zone.fixed
+    if off is not None:
+        m = _cron_first(cron, int((after + off) // 60) + 1, None)
+        if m is None:
+            raise ValueError("cron expression %r has no run before the year 9999" % cron.expr)
+        return float(m * 60 - off), None
+    hourly = cron.hourly
+    start, end, off, prev = zone.last
+    if not start <= after < end:
+        zone.last = start, end, off, prev = zone.span(after)
+    lo = int((after + off) // 60) + 1
+    while True:
+        if prev > off and not hourly:
+            # Fall-back: this span's walls before start + prev were shown by the last span.
+            lo = max(lo, -(-(start + prev) // 60))
+        hi = -(-(end + off) // 60)
+        if lo < hi:
+            m = _cron_first(cron, lo, hi)
+            if m is not None:
+                mark = "repeated" if hourly and prev > off and m * 60 < start + prev else None
+                return float(m * 60 - off), mark
+        if end >= _T_MAX:
+            raise ValueError("cron expression %r has no run before the year 9999" % cron.expr)
+        start, end, new, prev = zone.span(end)
+        if new > off and not hourly:
+            # Spring-forward: wall times [start + off, start + new) never happen.
+            g = _cron_first(cron, -(-(start + off) // 60), -(-(start + new) // 60))
+            if g is not None:
+                return float(start), "moved"
+        off = new
+        lo = -(-(start + off) // 60)
+
+
+def _cron_times(cron: _Cron, tz, after: float, count: int | None):
+    """Yield the next ``count`` (None: unending) nominal times after ``after`` as
+    (epoch seconds, mark), as ``_cron_next`` gives them one after another."""
+    t = after
+    n = 0
+    while count is None or n < count:
+        t, mark = _cron_next(cron, tz, t)
+        yield t, mark
+        n += 1
+
+
+def _every_next(every, anchor: float, after: float) -> float:
+    """The first grid point ``anchor + n * every`` (n = 0, 1, 2 ...) strictly after ``after``.
+
+    Exact: the grid point is computed in integers from the floats' exact values
+    and rounded once, so it never drifts with n, never comes out <= after and
+    no grid point is skipped (points that round to the same float are one
+    instant).  The grid starts at its anchor: before it, the anchor is next.
+    """
+    if isinstance(every, timedelta):
+        every = every.total_seconds()
+    every, anchor, after = float(every), float(anchor), float(after)
+    if not 0 < every < float("inf"):
+        raise ValueError("every must be a positive number of seconds, not %r" % every)
+    if not (abs(anchor) < float("inf") and abs(after) < float("inf")):
+        raise ValueError("the anchor and the time must be finite, not %r and %r" % (anchor, after))
+    if after < anchor:
+        return anchor
+    pe, qe = every.as_integer_ratio()
+    pa, qa = anchor.as_integer_ratio()
+    px, qx = after.as_integer_ratio()
+    q = max(qe, qa, qx)          # all powers of two
+    e, a, x = pe * (q // qe), pa * (q // qa), px * (q // qx)
+    n = (x - a) // e + 1
+    t = (a + n * e) / q          # int / int is correctly rounded
+    while t <= after:
+        n += 1
+        t = (a + n * e) / q
+    return t
+
+
+def _iso_utc(epoch: float) -> str:
+    """``2026-12-04T10:05:00Z``: the id form of a nominal time.
+
+    Whole seconds have no fraction.  Otherwise the fraction is the digits of
+    the float's shortest repr, so distinct floats give distinct text and
+    ``_parse_iso_utc`` gives the same float back (``every=0.25`` grids:
+    ``...:00.25Z``).
+    """
+    e = float(epoch)
+    if e != e or e in (float("inf"), float("-inf")):
+        raise ValueError("time %r is not a finite number of seconds" % (epoch,))
+    whole = int(e // 1)
+    try:
+        d = _EPOCH + timedelta(seconds=whole)
+    except OverflowError:
+        raise ValueError("time %r is out of range (years 1-9999)" % (epoch,)) from None
+    text = "%04d-%02d-%02dT%02d:%02d:%02d" % (d.year, d.month, d.day, d.hour, d.minute, d.second)
+    if e == whole:
+        return text + "Z"
+    r = repr(e)
+    if "e" in r:  # tiny magnitudes: the exact binary fraction, in decimal
+        p, q = e.as_integer_ratio()
+        k = q.bit_length() - 1
+        digits = str((p - whole * q) * 5 ** k).zfill(k)
+    else:
+        digits = r.partition(".")[2]
+        if e < 0:
+            digits = str(10 ** len(digits) - int(digits)).zfill(len(digits))
+    return text + "." + digits.rstrip("0") + "Z"
+
+
+_ISO_UTC = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                      r"(?:\.([0-9]+))?Z\Z")
 
 
 def _parse_iso_utc(text: str) -> float:
-    """The inverse of ``_iso_utc``; ValueError for anything else."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    """The epoch seconds of a ``_iso_utc`` text (exact inverse)."""
+    m = _ISO_UTC.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError("%r is not a UTC time of the form 2026-12-04T10:05:00Z" % (text,))
+    try:
+        d = datetime(*(int(g) for g in m.groups()[:6]))
+    except ValueError as exc:
+        raise ValueError("%r is not a valid UTC time: %s" % (text, exc)) from None
+    whole = (d.toordinal() - _ORD_1970) * 86400 + d.hour * 3600 + d.minute * 60 + d.second
+    frac = m.group(7)
+    if not frac:
+        return float(whole)
+    scale = 10 ** len(frac)
+    return (whole * scale + int(frac)) / scale
+
+
+def _resolve_tz(tz="UTC") -> tuple:
+    """(tzinfo, name) for a schedule's ``tz``: an IANA name, a tzinfo, or "local".
+
+    "local" is the system's zone as an IANA name, from ``TZ`` or the
+    ``/etc/localtime`` symlink; an error when neither names one.  None means
+    "UTC".  The name is the IANA key where there is one.
+    """
+    if tz is None:
+        tz = "UTC"
+    if isinstance(tz, tzinfo):
+        name = getattr(tz, "key", None) or getattr(tz, "zone", None)
+        if not isinstance(name, str):
+            try:
+                name = tz.tzname(None) if tz.utcoffset(None) is not None else None
+            except Exception:  # a hand-written tzinfo may not expect None
+                name = None
+        return tz, name or str(tz)
+    if not isinstance(tz, str):
+        raise TypeError("tz must be an IANA zone name such as 'Europe/Berlin', 'local' or a "
+                        "tzinfo, not %s" % type(tz).__name__)
+    name = tz.strip()
+    if name.lower() == "local":
+        name = _local_zone_name()
+    return _zoneinfo(name), name
+
+
+def _zoneinfo(name: str) -> tzinfo:
+    """``ZoneInfo(name)``, or a ValueError that says what a zone name looks like."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (KeyError, ValueError, OSError):
+        if name in ("UTC", "Etc/UTC"):
+            return timezone.utc  # no tzdata installed
+        raise ValueError("unknown time zone %r: give an IANA name such as 'Europe/Berlin' or "
+                         "'America/New_York', 'UTC', or 'local' for this machine's zone"
+                         % name) from None
+
+
+def _zone_from_path(path: str):
+    """``Europe/Berlin`` from ``/usr/share/zoneinfo/Europe/Berlin``, or None."""
+    i = path.rfind("zoneinfo/")
+    if i < 0:
+        return None
+    name = path[i + len("zoneinfo/"):]
+    for prefix in ("posix/", "right/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name or None
+
+
+def _local_zone_name() -> str:
+    """The IANA name of this machine's zone, from TZ or the /etc/localtime symlink."""
+    env = os.environ.get("TZ")
+    if env is not None:
+        value = env[1:] if env.startswith(":") else env
+        if not value:
+            return "UTC"  # TZ set but empty is UTC, as in the C library
+        name = _zone_from_path(value) if value.startswith("/") else value
+        try:
+            if name:
+                zoneinfo.ZoneInfo(name)
+                return name
+        except (KeyError, ValueError, OSError):
+            pass
+        raise ValueError("cannot resolve tz='local': TZ=%r is not an IANA zone name; set TZ to "
+                         "one such as Europe/Berlin, or pass tz='Europe/Berlin'" % env)
+    try:
+        target = os.readlink(_LOCALTIME)
+    except OSError:
+        target = None
+    name = target and _zone_from_path(target)
+    if name:
+        try:
+            zoneinfo.ZoneInfo(name)
+            return name
+        except (KeyError, ValueError, OSError):
+            pass
+    raise ValueError("cannot resolve tz='local' to an IANA zone name: TZ is not set and %s is "
+                     "not a symlink into a zoneinfo directory; set TZ (e.g. TZ=Europe/Berlin) "
+                     "or pass tz='Europe/Berlin'" % _LOCALTIME)
+
+
+def _wall_to_epoch(tz, wall: float) -> float:
+    """The instant a local wall time (seconds since 1970-01-01 00:00 local) first
+    shows; for a wall time in a gap, the first instant after the gap."""
+    zone = _zone(tz)
+    if zone.fixed is not None:
+        return wall - zone.fixed
+    t = wall - 30 * 3600  # no zone is 30 hours from UTC
+    start, end, off, _ = zone.span(t)
+    start = t
+    while True:
+        if wall < start + off:
+            return float(start)
+        if wall < end + off:
+            return wall - off
+        start, end, off, _ = zone.span(end)
+
+
+_WHEN = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[T ]([0-9]{2}):([0-9]{2})"
+                   r"(?::([0-9]{2})(?:[.,]([0-9]{1,9}))?)?)?"
+                   r"(Z|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2})?)?)?\Z", re.IGNORECASE)
+_EPOCH_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+
+
+def _parse_when(text, tz) -> float:
+    """Epoch seconds of ``--from``: ISO 8601 (with Z or an offset; without one it is
+    wall time in ``tz``: in an overlap the first pass, in a gap the first instant
+    after it) or epoch seconds.  A datetime or a number is taken as it is."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    if isinstance(text, datetime):
+        if text.tzinfo is not None and text.utcoffset() is not None:
+            return text.timestamp()
+        text = text.isoformat()
+    s = text.strip() if isinstance(text, str) else ""
+    if _EPOCH_TEXT.match(s):
+        return float(s)
+    m = _WHEN.match(s)
+    problem = "is not ISO 8601"
+    if m:
+        y, mo, d, hh, mm, ss, frac, offset = m.groups()
+        try:
+            dt = datetime(int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0))
+            problem = ""
+        except ValueError as exc:
+            problem = "is not a valid time (%s), so not ISO 8601" % exc
+    if problem:
+        raise ValueError("time %r %s (2024-03-09T00:00:00Z, 2024-03-09T01:00+01:00, or "
+                         "2024-03-09 02:30 read in the schedule's zone) or epoch seconds "
+                         "(1710000000)" % (text, problem))
+    wall = (dt.toordinal() - _ORD_1970) * 86400 + dt.hour * 3600 + dt.minute * 60 + dt.second
+    fraction = float("0." + frac) if frac else 0.0
+    if offset is None:
+        return _wall_to_epoch(_resolve_tz(tz)[0], wall) + fraction
+    if offset.upper() == "Z":
+        return wall + fraction
+    digits = offset[1:].replace(":", "")
+    shift = int(digits[:2]) * 3600 + int(digits[2:4] or 0) * 60 + int(digits[4:6] or 0)
+    return wall - (shift if offset[0] == "+" else -shift) + fraction
+
+
+def _iso_local(epoch: float, tz: tzinfo) -> str:
+    """``2024-03-10T03:00:00-04:00``: an instant as wall time with its offset."""
+    return (_EPOCH_UTC + timedelta(seconds=epoch)).astimezone(tz).isoformat(timespec="seconds")
+
+
+def _cron_rows(expr, tz, start: float, count: int) -> list:
+    """The rows of ``wheelq cron EXPR --tz ZONE --count N --from START``: the next
+    ``count`` nominal times after ``start``, each ``{"utc", "local", "epoch", "dst"}``
+    with ``dst`` None, "moved" or "repeated"."""
+    cron = expr if isinstance(expr, _Cron) else _parse_cron(expr)
+    zone = _resolve_tz(tz)[0]
+    if count < 0:
+        raise ValueError("--count must be 0 or more, not %d" % count)
+    return [{"utc": _iso_utc(t), "local": _iso_local(t, zone), "epoch": t, "dst": mark}
+            for t, mark in _cron_times(cron, zone, float(start), count)]
+
+
+_MISFIRES = ("coalesce", "all", "skip")
+_CATCH_UP = 1000  # misfire="all": runs made for missed nominal times, at most
+
+
+class _Schedule:
+    """A declared schedule: its spec, and the arithmetic of its nominal times.
+
+    ``spec`` names it in the journal: the cron expression (as ``_Cron``
+    spells it), or ``every N`` (seconds); ``tz`` is the zone's name.  An
+    ``every`` schedule's grid is fixed by any one of its nominal times (the
+    cursor), so none but the first is ever computed from the clock.
+    """
+
+    def __init__(self, name: str, cron: str | None, every: Any, tz: Any, misfire: str,
+                 jitter: Any):
+        if (cron is None) == (every is None):
+            raise TypeError("periodic() takes cron= or every= (one of them), e.g. cron='30 2 * * *' "
+                            "or every=timedelta(minutes=5)")
+        if misfire not in _MISFIRES:
+            raise ValueError("misfire must be 'coalesce', 'all' or 'skip', not %r" % (misfire,))
+        self.name = name
+        self.cron = None if cron is None else _parse_cron(cron)
+        if every is not None:
+            if isinstance(every, timedelta):
+                every = every.total_seconds()
+            if isinstance(every, bool) or not isinstance(every, (int, float)) \
+                    or not math.isfinite(every) or every <= 0:
+                raise ValueError("every= takes a number of seconds > 0 or a timedelta, not %r" % (every,))
+        self.every = None if every is None else float(every)
+        self.zone, self.tz = _resolve_tz(tz)
+        if isinstance(jitter, timedelta):
+            jitter = jitter.total_seconds()
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) \
+                or not math.isfinite(jitter) or jitter < 0:
+            raise ValueError("jitter= takes a number of seconds >= 0, not %r" % (jitter,))
+        self.jitter = float(jitter)
+        self.misfire = misfire
+        self.spec = self.cron.expr if self.cron is not None else "every %s" % _number(self.every)
+
+    def after(self, t: float, cursor: float | None) -> float:
+        """The first nominal time after ``t`` (an ``every`` grid goes through ``cursor``)."""
+        if self.cron is not None:
+            return _cron_next(self.cron, self.zone, t)[0]
+        if cursor is None:
+            return t + self.every  # a new schedule: its grid starts a period from now
+        return _every_next(self.every, cursor, t)
+
+    def latest(self, t: float, cursor: float) -> float:
+        """The last nominal time after ``cursor`` and at or before ``t`` (there is one)."""
+        if self.every is not None:
+            n = max(1, math.floor((t - cursor) / self.every))
+            x = cursor + n * self.every
+            while x > t and n > 1:
+                n -= 1
+                x = cursor + n * self.every
+            while cursor + (n + 1) * self.every <= t:
+                n += 1
+                x = cursor + n * self.every
+            return x
+        # Cron: find a window before t that holds a nominal time, then walk it.
+        span = 60.0
+        while True:
+            lo = max(cursor, t - span)
+            x = self.after(lo, cursor)
+            if x <= t:
+                while True:
+                    y = self.after(x, cursor)
+                    if y > t:
+                        return x
+                    x = y
+            span *= 16
+
+    def next_run(self, cursor: float | None, now: float) -> tuple:
+        """``(nominal time, note)`` of the run after ``cursor``, by the misfire policy.
+
+        Nominal times after the cursor that have passed by ``now`` are
+        missed: "coalesce" makes one run of the latest, "all" a run of each,
+        oldest first (beyond ``_CATCH_UP`` it coalesces them), "skip" none.
+        ``note`` says what was missed, or is None.
+        """
+        if cursor is None:
+            return self.after(now, None), None
+        first = self.after(cursor, cursor)
+        if first > now:
+            return first, None
+        if self.misfire == "skip":
+            return self.after(now, cursor), "skipped the runs missed since %s" % _iso_utc(cursor)
+        if self.misfire == "all":
+            x, n = first, 0
+            while x <= now and n <= _CATCH_UP:
+                n += 1
+                x = self.after(x, cursor)
+            if n <= _CATCH_UP:
+                return first, None
+            return self.latest(now, cursor), ("more than %d runs were missed since %s: coalesced "
+                                              "into one" % (_CATCH_UP, _iso_utc(cursor)))
+        latest = self.latest(now, cursor)
+        return latest, (None if latest == first else "coalesced the runs missed since %s into one"
+                        % _iso_utc(cursor))
+
 
 # --------------------------------------------------------------------------
 # The ring: a hashed timing wheel, pure data
@@ -1053,8 +1825,10 @@ _OPS: dict = {
     # the task returned; its result is kept until expires (epoch seconds).
     # Kept: while the result is kept; and, with sched, as a schedule's cursor.
     # (error: the result could not be kept, being no JSON value).
+    # (sched with an id not live: compaction's record of a schedule's cursor, and of
+    # its last finished run, ``last``, when that is another one.)
     "done": ({"id": _f_id}, {"result": _f_any, "expires": _f_time, "error": _f_error,
-                             "sched": _f_text}),
+                             "sched": _f_text, "last": _f_time}),
     # the task is pending again at due: a failed try, a run that a crash cut
     # short (with crashes), or one that never began because the wheel stopped.
     # Kept: folded into the task's add.
@@ -1069,8 +1843,10 @@ _OPS: dict = {
     "purge": ({"id": _f_id}, {}),
     # a pending task moves to due.  Kept: folded into the add.
     "reschedule": ({"id": _f_id, "due": _f_time}, {}),
-    # a schedule stops making runs, or starts again.  Kept: a pause while it holds.
-    "pause": ({"sched": _f_text}, {}),
+    # a schedule stops making runs (its run that has not started is cancelled), or
+    # starts again (the resume's write holds its next run).  Kept: a pause while it
+    # holds, with the schedule's spec and zone.
+    "pause": ({"sched": _f_text}, {"spec": _f_text, "tz": _f_text}),
     "resume": ({"sched": _f_text}, {}),
 }
 
@@ -1111,13 +1887,14 @@ def _reason(exc: BaseException) -> str:
 class _Cursor:
     """What the journal says of one schedule: its latest run, its last finished one, a pause."""
 
-    __slots__ = ("cursor", "last", "run", "paused")
+    __slots__ = ("cursor", "last", "run", "paused", "spec", "tz")
 
     def __init__(self):
         self.cursor = None  # the nominal time of its latest run in the journal
         self.last = None  # the nominal time of its latest finished run
         self.run = None  # the id of its live run, if any
         self.paused = False
+        self.spec = self.tz = None  # of its latest run (or pause): what the journal knows of it
 
 
 def _nominal(tid: str) -> float | None:
@@ -1154,6 +1931,7 @@ class _Table:
         self.results: dict = {}  # id -> (rec, value, expires, error): kept results
         self.expiring: list = []  # heap of (expires, id)
         self.cursors: dict = {}  # schedule name -> _Cursor
+        self.unplanned: set = set()  # schedules whose run was cancelled: the owner plans the next
         self.events = dict.fromkeys(("done", "failed", "retried", "cancelled"), 0)
         self.counting = False
 
@@ -1253,6 +2031,7 @@ class _Table:
         if nominal is not None and (cur.cursor is None or nominal > cur.cursor):
             cur.cursor = nominal
         cur.run = rec.id
+        cur.spec, cur.tz = rec.sched[1], rec.sched[2]
 
     def start(self, ids: list) -> list:
         """These tasks began running; returns those that were pending or queued."""
@@ -1270,15 +2049,16 @@ class _Table:
         return began
 
     def done(self, id: str, result: Any = None, expires: float | None = None,
-             error: str | None = None, sched: str | None = None) -> None:
+             error: str | None = None, sched: str | None = None, last: float | None = None) -> None:
         rec = self.tasks.get(id)
         if rec is None:
-            if sched is not None:  # compaction's record of a schedule's latest finished run
+            if sched is not None:  # compaction's record of a schedule's cursor
                 cur = self.cursors.setdefault(sched, _Cursor())
                 nominal = _nominal(id)
                 if nominal is not None:
                     cur.cursor = nominal if cur.cursor is None else max(cur.cursor, nominal)
-                    cur.last = nominal if cur.last is None else max(cur.last, nominal)
+                    last = nominal if last is None else last
+                    cur.last = last if cur.last is None else max(cur.last, last)
             return
         self._end(rec, DONE)
         if self.counting:
@@ -1320,6 +2100,11 @@ class _Table:
             return False
         self._end(rec, CANCELLED)
         self._count("cancelled")
+        sched = rec.sched
+        if sched is not None:
+            cur = self.cursors.get(sched[0])
+            if cur is not None and not cur.paused and cur.run is None:
+                self.unplanned.add(sched[0])  # its next run is not journaled yet
         return True
 
     def requeue(self, id: str, due: float) -> bool:
@@ -1347,8 +2132,16 @@ class _Table:
         self._place(rec)
         return True
 
-    def pause(self, sched: str) -> None:
-        self.cursors.setdefault(sched, _Cursor()).paused = True
+    def pause(self, sched: str, spec: str | None = None, tz: str | None = None) -> None:
+        """The schedule makes no more runs; its run that has not started is cancelled."""
+        cur = self.cursors.setdefault(sched, _Cursor())
+        cur.paused = True
+        if spec is not None:
+            cur.spec, cur.tz = spec, tz
+        rec = self.tasks.get(cur.run) if cur.run is not None else None
+        if rec is not None and self.state(rec) in (PENDING, QUEUED):
+            self._end(rec, CANCELLED)
+            self._count("cancelled")
 
     def resume(self, sched: str) -> None:
         self.cursors.setdefault(sched, _Cursor()).paused = False
@@ -1511,10 +2304,17 @@ class _Table:
                 lines.append(_line(done))
         for name, cur in self.cursors.items():
             if cur.paused:
-                lines.append(_line({"op": "pause", "sched": name}))
-            if cur.run is None and cur.cursor is not None:
-                lines.append(_line({"op": "done", "id": "%s@%s" % (name, _iso_utc(cur.cursor)),
-                                    "sched": name}))
+                pause = {"op": "pause", "sched": name}
+                if cur.spec is not None:
+                    pause.update(spec=cur.spec, tz=cur.tz)
+                lines.append(_line(pause))
+            # The live run's add (above) holds the cursor; this line holds the rest.
+            at = cur.cursor if cur.run is None or cur.run not in self.tasks else cur.last
+            if at is not None:
+                done = {"op": "done", "id": "%s@%s" % (name, _iso_utc(at)), "sched": name}
+                if cur.last is not None and cur.last != at:
+                    done["last"] = cur.last
+                lines.append(_line(done))
         return lines
 
     @staticmethod
@@ -3199,6 +3999,7 @@ class Wheel:
                  queue_size: int | None = None, async_workers: int = 100, slots: int = 3600,
                  tick: float = 1.0, fsync: str = "batch", clock: Any = None):
         self._registry: dict[str, Task] = {}
+        self._schedules: dict[str, tuple] = {}  # name -> (_Schedule, args, kwargs): declared here
         self._store: Any = None  # chosen at first use
         self._table: _Table | None = None
         self._role: str | None = None
@@ -3323,6 +4124,42 @@ class Wheel:
 
         return decorator
 
+    def periodic(self, name: str | None = None, *, cron: str | None = None,
+                 every: float | timedelta | None = None, tz: Any = "UTC", misfire: str = "coalesce",
+                 jitter: float | timedelta = 0, args: Iterable = (), kwargs: dict | None = None,
+                 retries: int = 0, retry_delay: float = 1.0, retry_backoff: float = 2.0,
+                 result_ttl: float | timedelta = 0,
+                 timeout: float | timedelta | None = None) -> Callable[[Callable], Task]:
+        """Register a function as a task that runs on a schedule; returns a decorator.
+
+        ``cron`` (five fields, in ``tz``) or ``every`` (seconds or a
+        timedelta).  Only the owner makes runs: each is an ordinary task with
+        the id ``<name>@<nominal time in UTC>``, which reads its nominal time
+        as ``wheelq.current().due``.
+        """
+        args = tuple(args)
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError("periodic() takes kwargs as a dict, not %s" % type(kwargs).__name__)
+        spec = _Schedule(name or "", cron, every, tz, misfire, jitter)  # checks it before the task
+        _line({"args": args, "kwargs": kwargs or {}})  # JSON, or TypeError now
+        make = self.task(name, retries=retries, retry_delay=retry_delay, retry_backoff=retry_backoff,
+                         result_ttl=result_ttl, timeout=timeout)
+
+        def decorator(func: Callable) -> Task:
+            task = make(func)
+            if "@" in task.name:
+                del self._registry[task.name]
+                raise ValueError("a schedule's name may not hold '@' (its runs are <name>@<time>): "
+                                 "%r" % task.name)
+            task._check_call(args, kwargs or {}, True)
+            spec.name = task.name
+            self._schedules[task.name] = (spec, args, dict(kwargs or {}))
+            if self._owns():
+                self._plan([task.name], self._now())
+            return task
+
+        return decorator
+
     # -- time ---------------------------------------------------------------------------
 
     def _tick_floor(self, t: float) -> int:
@@ -3378,13 +4215,16 @@ class Wheel:
                 table = _Table(_Ring(self._nslots, self._tick_floor(self._now())), self._tick_ceil)
                 table.counting = True
                 role = _MEMORY
+                plan = bool(self._schedules)
             else:
                 store = _store_for(self._path, self._fsync)
                 store.open()
-                table, role = _Table(), _PRODUCER
+                table, role, plan = _Table(), _PRODUCER, False
             self._store, self._role = store, role
             self._table = table
-            return table
+        if role is _MEMORY and plan:
+            self._plan(list(self._schedules), self._now())
+        return table
 
     # -- adding ---------------------------------------------------------------------------
 
@@ -3673,6 +4513,153 @@ class Wheel:
             store.commit(seq)
         return True
 
+    # -- schedules ------------------------------------------------------------------------
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """The schedules declared here: spec, next and last run, pause."""
+        table = self._view()
+        out = []
+        with self._lock:
+            for name, (spec, _, _) in sorted(self._schedules.items()):
+                cur = table.cursors.get(name)
+                run = table.tasks.get(cur.run) if cur is not None and cur.run else None
+                out.append(ScheduleInfo(name, spec.spec, spec.tz,
+                                        run.due if run is not None and run.id not in table.failed else None,
+                                        cur.last if cur is not None else None,
+                                        bool(cur is not None and cur.paused), spec.misfire))
+        return out
+
+    def pause_schedule(self, name: str) -> bool:
+        """Stop a schedule making runs (its run that has not started is cancelled); False if paused."""
+        return self._switch(name, True)
+
+    def resume_schedule(self, name: str) -> bool:
+        """Let a paused schedule run again from the next nominal time; False if it was not paused."""
+        return self._switch(name, False)
+
+    def _switch(self, name: str, pause: bool) -> bool:
+        """Journal a pause or a resume (with the next run) of schedule ``name``, and apply it."""
+        table = self._view()
+        with self._lock:
+            cur = table.cursors.get(name)
+            entry = self._schedules.get(name)
+            if entry is None and cur is None:
+                raise UnknownTask("no schedule named %r is declared in this process or known to the "
+                                  "journal; schedules() lists those declared here" % (name,))
+            spec = entry[0] if entry is not None else _schedule_of(name, cur)
+        now = self._now()
+        producer = self._role is _PRODUCER
+
+        def records() -> list:
+            with self._lock:
+                cur = table.cursors.get(name)
+                if bool(cur is not None and cur.paused) == pause:
+                    return []
+                if pause:
+                    return [{"op": "pause", "sched": name, "spec": spec.spec, "tz": spec.tz}]
+                args, kwargs = (entry[1], entry[2]) if entry is not None else ((), {})
+                nominal = spec.after(now, cur.cursor if cur is not None else None)
+                return [{"op": "resume", "sched": name},
+                        self._run_record(spec, args, kwargs, nominal)]
+
+        return self._journal_records(records, producer)
+
+    def _journal_records(self, records: Callable[[], list], producer: bool) -> bool:
+        """Write the records ``records()`` gives (after others' lines are in) and apply them.
+
+        A producer marks them and leaves their applying to the owner (and to
+        its own view, which reads them back).  False if there were none.
+        """
+        table, store = self._table, self._store
+        made: list = []
+
+        def build() -> bytes:
+            made.extend(records())
+            return b"".join(_line(dict(r, p=1) if producer else r) for r in made)
+
+        with store.lock:
+            if self._state == "closed":
+                raise WheelClosed("this Wheel was stopped; build a new Wheel to change it")
+            seq = store.append(b"", build)
+            if made and not producer:
+                with self._lock:
+                    for record in made:
+                        table.apply(record)
+                    self._idle.notify_all()
+        if made and self._always and self._role is not _MEMORY:
+            store.commit(seq)
+        return bool(made)
+
+    def _owns(self) -> bool:
+        """Whether this wheel makes schedules' runs: the owner, or a wheel in memory."""
+        return self._state != "closed" and self._role in (_OWNER, _MEMORY)
+
+    def _plan(self, names: Iterable, now: float) -> None:
+        """Owner: journal the next run of each of these schedules that has none.
+
+        A schedule whose run in the journal was made under another spec (its
+        cron, every or zone changed in the code) gets that run cancelled and
+        a new one from the cursor, under the new spec.
+        """
+        names = list(names)
+
+        def records() -> list:
+            out = []
+            table = self._table
+            with self._lock:
+                for name in names:
+                    entry = self._schedules.get(name)
+                    if entry is None:
+                        continue
+                    spec, args, kwargs = entry
+                    cur = table.cursors.get(name)
+                    if cur is not None and cur.paused:
+                        continue
+                    run = table.tasks.get(cur.run) if cur is not None and cur.run else None
+                    if run is not None:
+                        if run.sched[1:] == (spec.spec, spec.tz) or table.state(run) not in (PENDING, QUEUED):
+                            continue
+                        logger.info("schedule %s: its run %s was made under %r (%s), and the code now "
+                                    "says %r (%s): replaced", name, run.id, run.sched[1], run.sched[2],
+                                    spec.spec, spec.tz)
+                        out.append({"op": "cancel", "id": run.id})
+                    nominal, note = spec.next_run(cur.cursor if cur is not None else None, now)
+                    if note:
+                        (logger.warning if "more than" in note else logger.info)(
+                            "schedule %s: %s", name, note)
+                    out.append(self._run_record(spec, args, kwargs, nominal))
+            return out
+
+        self._journal_records(records, False)
+
+    @staticmethod
+    def _run_record(spec: _Schedule, args: tuple, kwargs: dict, nominal: float) -> dict:
+        """The add record of a schedule's run at ``nominal`` (its due time jittered)."""
+        due = nominal + random.uniform(0.0, spec.jitter) if spec.jitter else nominal
+        return {"op": "add", "id": "%s@%s" % (spec.name, _iso_utc(nominal)), "task": spec.name,
+                "due": due, "args": list(args), "kwargs": kwargs, "sched": spec.name,
+                "spec": spec.spec, "tz": spec.tz}
+
+    def _next_record(self, rec: _Rec, now: float) -> dict | None:
+        """The run that follows the run ``rec`` of a schedule declared here, as it ends."""
+        sched = rec.sched
+        entry = self._schedules.get(sched[0]) if sched is not None else None
+        if entry is None:
+            return None
+        spec, args, kwargs = entry
+        with self._lock:
+            cur = self._table.cursors.get(sched[0])
+            if cur is not None and (cur.paused or cur.run not in (None, rec.id)):
+                return None
+            cursor = cur.cursor if cur is not None else None
+        nominal = _nominal(rec.id)
+        if cursor is None or (nominal is not None and nominal > cursor):
+            cursor = nominal
+        nominal, note = spec.next_run(cursor, now)
+        if note:
+            (logger.warning if "more than" in note else logger.info)("schedule %s: %s", spec.name, note)
+        return self._run_record(spec, args, kwargs, nominal)
+
     # -- results --------------------------------------------------------------------------
 
     def _result_now(self, tid: str) -> tuple:
@@ -3795,6 +4782,10 @@ class Wheel:
                     return 0
             else:
                 self._rewind(k)
+            if self._table.unplanned:
+                with self._lock:
+                    unplanned, self._table.unplanned = self._table.unplanned, set()
+                self._plan(unplanned, now)
             with self._lock:
                 table = self._table
                 table.expire(now)
@@ -3968,6 +4959,8 @@ class Wheel:
             if o.__class__ is _Rec:  # returned None, nothing to keep (see _Outcome)
                 lines.append(_done_line(o.id))
                 changes.append(o.id)
+                if o.body.__class__ is _Extra and o.body.sched is not None:
+                    self._then(o, now, lines, changes)
                 continue
             rec, task = o.rec, o.task
             if o.error is None:
@@ -3989,6 +4982,7 @@ class Wheel:
                     changes.append(rec.id)
                 if o.seconds is not None:
                     logger.debug("task %s [%s] done in %.3fs", rec.name, _printable(rec.id), o.seconds)
+                self._then(rec, now, lines, changes)
                 continue
             tries = rec.tries + 1
             of = (task.retries + 1) if task is not None else 1
@@ -4007,6 +5001,8 @@ class Wheel:
             lines.append(_line(dict(record)))
             op = record.pop("op")
             changes.append((op, record))
+            if op == "fail":
+                self._then(rec, now, lines, changes)
         store = self._store
         seq = 0
         with store.lock:
@@ -4021,6 +5017,8 @@ class Wheel:
                 for change in changes:
                     if change.__class__ is str:  # a plain done
                         done(change)
+                    elif change.__class__ is dict:  # a schedule's next run
+                        table.apply(change)
                     else:
                         op, fields = change
                         getattr(table, op)(**fields)
@@ -4035,6 +5033,13 @@ class Wheel:
                     store.commit(seq)
                 except OSError:
                     logger.exception("fsync of finished tasks failed")
+
+    def _then(self, rec: _Rec, now: float, lines: list, changes: list) -> None:
+        """A run of a schedule ends: its next run goes in the same write (after the outcome)."""
+        record = self._next_record(rec, now)
+        if record is not None:
+            lines.append(_line(record))
+            changes.append(record)
 
     def join(self, timeout: float | None = None) -> bool:
         """True once every task due by now has finished, failed or been rescheduled for a retry."""
@@ -4124,6 +5129,8 @@ class Wheel:
             self._role = _OWNER
             store.deliver = self._deliver
         self._settle_interrupted()
+        if self._schedules:
+            self._plan(list(self._schedules), self._now())
         with self._lock:
             counts = table.counts()
             unknown: dict = {}
@@ -4459,6 +5466,17 @@ class Wheel:
             self._closed.set()
 
 
+def _schedule_of(name: str, cur: _Cursor) -> _Schedule:
+    """A schedule known from the journal alone (its latest run's or pause's spec and zone)."""
+    if cur is None or cur.spec is None:
+        raise UnknownTask("schedule %r has no spec in the journal (no run of it is left); resume it "
+                          "from a process that declares it" % (name,))
+    every = cur.spec[6:] if cur.spec.startswith("every ") else None
+    spec = _Schedule(name, None if every else cur.spec, float(every) if every else None,
+                     cur.tz or "UTC", "coalesce", 0)
+    return spec
+
+
 def _bad_line(reason: str, raw: bytes) -> str:
     """A reader's reason, with the bytes of a line that is not JSON at all."""
     return "%s: %.60r" % (reason, raw) if reason.startswith("unreadable") else reason
@@ -4554,6 +5572,11 @@ def _demo(args: argparse.Namespace) -> int:
             log.info("finished send_reminder(%r)", user)
             handle = send_reminder.delay(user, count_down=random.uniform(1, args.max_delay))
             log.info("received %s: send_reminder(%r) again", handle.id, user)
+
+        @wheel.periodic(name="demo.heartbeat", every=max(2.0, 8 * args.tick))
+        def heartbeat():
+            log.info("running  heartbeat (periodic): nominal time %s",
+                     _iso_utc(current().due))
 
         log.info("demo journal: %s (inspect it with any text viewer, or `python -m wheelq "
                  "status %s`); Ctrl-C stops", path, path)
@@ -4914,6 +5937,71 @@ def _parse_time_arg(text: str, what: str) -> float:
                         "it is local time) or epoch seconds, not %r" % (what, text), code=2) from None
 
 
+def _pause(args: argparse.Namespace) -> int:
+    return _switch_schedule(args, True)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    return _switch_schedule(args, False)
+
+
+def _switch_schedule(args: argparse.Namespace, pause: bool) -> int:
+    verb = "pause" if pause else "resume"
+
+    def change(wheel: Wheel, owner: Any) -> list:
+        try:
+            changed = wheel.pause_schedule(args.name) if pause else wheel.resume_schedule(args.name)
+        except UnknownTask as exc:
+            raise _CliError("%s; `wheelq schedules %s` lists the schedules it holds"
+                            % (exc, args.path)) from None
+        if not changed:
+            raise _CliError("schedule %r in %s is %s already" % (_printable(args.name), args.path,
+                                                                 "paused" if pause else "not paused"))
+        return [args.name]
+
+    done, owner = _edit(args.path, change)
+    return _report_edit(args, verb, done, owner)
+
+
+def _schedules_cmd(args: argparse.Namespace) -> int:
+    table = _load(args.path)
+    rows = _schedule_rows(table, SystemClock().time())
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no schedules in %s (a schedule's runs appear once its owner has made one)" % args.path)
+        return 0
+    out = [["NAME", "SPEC", "TZ", "NEXT RUN (local)", "NEXT RUN (UTC)", "PAUSED"]]
+    for r in rows:
+        nxt = r["next_due"]
+        out.append([r["name"], r["spec"] or "-", r["tz"] or "-", _when(nxt) if nxt else "-",
+                    _iso_utc(nxt) if nxt else "-", "yes" if r["paused"] else "no"])
+    _table(out)
+    return 0
+
+
+def _cron_cmd(args: argparse.Namespace) -> int:
+    now = SystemClock().time()
+    try:
+        start = now if args.start is None else _parse_when(args.start, args.tz)
+        rows = _cron_rows(args.expr, args.tz, start, args.count)
+    except ValueError as exc:
+        raise _CliError(str(exc), code=2) from None
+    if args.json:
+        _print_json(rows)
+        return 0
+    zone = _resolve_tz(args.tz)[1]
+    out = [["LOCAL (%s)" % zone, "UTC", "DST"]]
+    for r in rows:
+        out.append([r["local"], r["utc"],
+                    {"moved": "moved: its wall time falls in a gap (clocks went forward)",
+                     "repeated": "repeated: its wall time came twice (clocks went back)"}
+                    .get(r["dst"], "")])
+    _table(out)
+    return 0
+
+
 def _dead_letter_ids(wheel: Wheel, args: argparse.Namespace) -> list:
     """The ids a requeue or purge names: every dead letter (--failed), or one checked id."""
     if args.failed:
@@ -5208,10 +6296,9 @@ def _schedule_rows(table: _Table, now: float) -> list:
     rows = []
     for name, cur in sorted(table.cursors.items()):
         run = table.tasks.get(cur.run) if cur.run else None
-        sched = run.sched if run is not None else None
-        rows.append({"name": name, "spec": sched[1] if sched else None,
-                     "tz": sched[2] if sched else None,
+        rows.append({"name": name, "spec": cur.spec, "tz": cur.tz,
                      "next_due": run.due if run is not None and run.id not in table.failed else None,
+                     "next_id": run.id if run is not None else None,
                      "last_due": cur.last, "paused": cur.paused})
     return rows
 
@@ -5373,6 +6460,22 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path", metavar="PATH")
     repair = command("repair", _repair, "move unreadable lines to PATH.corrupt, keep every good one")
     repair.add_argument("path", metavar="PATH")
+    scheds = command("schedules", _schedules_cmd, "list the schedules a journal holds, with their next run")
+    scheds.add_argument("path", metavar="PATH")
+    for verb, func, what in (("pause", _pause, "pause a schedule (its pending run is cancelled)"),
+                             ("resume", _resume, "resume a paused schedule from its next nominal time")):
+        c = command(verb, func, what)
+        c.add_argument("path", metavar="PATH")
+        c.add_argument("name", metavar="NAME")
+    cron = command("cron", _cron_cmd, "print the next nominal times of a cron expression, marking "
+                                      "the runs a DST change moves or repeats")
+    cron.add_argument("expr", metavar="EXPR", help="five fields, e.g. '30 2 * * *', or @daily")
+    cron.add_argument("--tz", default="UTC", help="an IANA zone, e.g. Europe/Berlin, or local "
+                                                 "(default UTC)")
+    cron.add_argument("--count", type=_count, default=10, help="how many (default 10)")
+    cron.add_argument("--from", dest="start", metavar="TIME",
+                      help="start after this time: ISO 8601 (without an offset, in --tz) or epoch "
+                           "seconds (default now)")
     return p
 
 
