@@ -1647,6 +1647,7 @@ _ROW = re.compile(
     r'|\{"op":"done","id":"([^"\\\x00-\x1f]+)"\}\n'
     r'|([^\n]*)\n' % (_STR, _STR))
 _NO_KWARGS = ',"kwargs":{}'
+_SCHED_TAIL = re.compile(r',"sched":%s,"spec":%s,"tz":%s\Z' % (_STR, _STR, _STR))  # a run of a schedule
 _scan_json = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
 _BAD_JSON = (ValueError, StopIteration, RecursionError)
 
@@ -1674,12 +1675,19 @@ def _read_rows(chunk: str) -> list:
                         continue
                 elif tail.startswith(',"kwargs":', stop):
                     kwargs, stop = scan(tail, stop + 10)
-                    if stop == len(tail) and kwargs.__class__ is dict and -inf < due < inf:
-                        rec = rec_of(tid, intern(name), args, due)
-                        if kwargs:
-                            rec.set(kwargs)
-                        append(rec)
-                        continue
+                    if kwargs.__class__ is dict and -inf < due < inf:
+                        if stop == len(tail):
+                            rec = rec_of(tid, intern(name), args, due)
+                            if kwargs:
+                                rec.set(kwargs)
+                            append(rec)
+                            continue
+                        run = _SCHED_TAIL.match(tail, stop)
+                        if run is not None:
+                            rec = rec_of(tid, intern(name), args, due)
+                            rec.set(kwargs, 0, None, None, tuple(map(intern, run.groups())))
+                            append(rec)
+                            continue
             except _BAD_JSON:
                 pass
             if lines is None:  # not as _ROW read it: the JSON parser has the last word
@@ -1885,16 +1893,40 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Cursor:
-    """What the journal says of one schedule: its latest run, its last finished one, a pause."""
+    """What the journal says of one schedule: its latest run, its last finished one, a pause.
 
-    __slots__ = ("cursor", "last", "run", "paused", "spec", "tz")
+    The latest run's nominal time is kept as the text of its id (``at``):
+    times of the one format compare as text, and a replay of a long history
+    then parses none of them; ``cursor`` reads it as epoch seconds.
+    """
+
+    __slots__ = ("at", "_cursor", "last", "run", "paused", "spec", "tz")
 
     def __init__(self):
-        self.cursor = None  # the nominal time of its latest run in the journal
+        self.at = None  # the nominal time of its latest run in the journal, as its id spells it
+        self._cursor = None
         self.last = None  # the nominal time of its latest finished run
         self.run = None  # the id of its live run, if any
         self.paused = False
         self.spec = self.tz = None  # of its latest run (or pause): what the journal knows of it
+
+    @property
+    def cursor(self) -> float | None:
+        if self._cursor is None and self.at is not None:
+            self._cursor = _parse_iso_utc(self.at)
+        return self._cursor
+
+    @cursor.setter
+    def cursor(self, value: float | None) -> None:
+        self._cursor = value
+        self.at = None if value is None else _iso_utc(value)
+
+    def note(self, at: str) -> None:
+        """A run at ``at`` (an id's time) is in the journal: the cursor, if it is the latest."""
+        mine = self.at
+        if mine is None or (at > mine if len(at) == len(mine) == 20
+                            else _parse_iso_utc(at) > self.cursor):  # (20: whole seconds)
+            self.at, self._cursor = at, None
 
 
 def _nominal(tid: str) -> float | None:
@@ -2027,9 +2059,11 @@ class _Table:
         cur = self.cursors.get(rec.sched[0])
         if cur is None:
             cur = self.cursors[rec.sched[0]] = _Cursor()
-        nominal = _nominal(rec.id)
-        if nominal is not None and (cur.cursor is None or nominal > cur.cursor):
-            cur.cursor = nominal
+        at = rec.id.rpartition("@")[2]
+        try:
+            cur.note(at)
+        except ValueError:
+            pass  # not a run's id: no time in it
         cur.run = rec.id
         cur.spec, cur.tz = rec.sched[1], rec.sched[2]
 

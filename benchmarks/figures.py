@@ -719,3 +719,14 @@ FIGURES = {
     "lateness": fig_lateness,
     "peers": fig_peers,
 }
+
+
+def _more_figures():
+    """Figures that live in modules of their own."""
+    from cron_bench import fig_cron
+    from sched_bench import fig_schedules
+
+    FIGURES.update(cron=fig_cron, schedules=fig_schedules)
+
+
+_more_figures()

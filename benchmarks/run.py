@@ -37,20 +37,22 @@ MODES = {
     "smoke": dict(n=3000, n_sync=200, naive_sizes=[100, 1000], naive_adds=20,
                   tick_sizes=[1000, 10_000], tick_count=600, naive_poll_max=10_000,
                   mem=20_000, reopen=10_000, reopen_repeats=1, burst=5000,
-                  late=[(0.1, 20, 0.5), (1.0, 5, 1.0)], peers=100, repeats=1),
+                  late=[(0.1, 20, 0.5), (1.0, 5, 1.0)], peers=100, repeats=1,
+                  cron_calls=2000, sched_count=300, sched_history=3),
     "quick": dict(n=100_000, n_sync=4000, naive_sizes=[1000, 10_000], naive_adds=200,
                   tick_sizes=[10_000, 100_000, 1_000_000], tick_count=3600,
                   naive_poll_max=100_000, mem=1_000_000, reopen=100_000, reopen_repeats=5,
                   burst=100_000, late=[(0.1, 300, 3.0), (1.0, 100, 5.0)], peers=2000,
-                  repeats=5),
+                  repeats=5, cron_calls=20_000, sched_count=10_000, sched_history=5),
     "full": dict(n=1_000_000, n_sync=10_000, naive_sizes=[1000, 10_000, 100_000],
                  naive_adds=200, tick_sizes=[10_000, 100_000, 1_000_000], tick_count=3600,
                  naive_poll_max=1_000_000, mem=1_000_000, reopen=1_000_000, reopen_repeats=3,
                  burst=100_000, late=[(0.1, 2000, 20.0), (1.0, 1000, 60.0)], peers=20_000,
-                 repeats=5),
+                 repeats=5, cron_calls=20_000, sched_count=10_000, sched_history=20),
 }
 
-ORDER = ["delay", "naive", "tick", "memory", "memory_rss", "reopen", "burst", "lateness", "peers"]
+ORDER = ["delay", "naive", "tick", "memory", "memory_rss", "reopen", "burst", "lateness", "peers",
+         "cron", "schedules"]
 TIMEOUT = {"smoke": 300, "quick": 1800, "full": 7200}
 
 

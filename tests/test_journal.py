@@ -586,6 +586,10 @@ _replayed = st.lists(st.one_of(
               _tid, _due),
     st.builds(lambda i, d: {"op": "add", "id": i, "task": "job", "due": d, "args": [], "kwargs": {},
                             "tries": 2, "error": "boom"}, _tid, _due),
+    st.builds(lambda i, d, k: {"op": "add", "id": "s@%s" % i, "task": "job", "due": d, "args": [1],
+                               "kwargs": k, "sched": "s", "spec": "every 60", "tz": "UTC"},
+              st.sampled_from(["2026-12-04T10:05:00Z", "2026-12-04T10:06:00Z", "x"]), _due,
+              st.sampled_from([{}, {"a": 1}])),
     st.builds(lambda i: {"op": "done", "id": i}, _tid),
     st.builds(lambda i: {"op": "done", "id": i, "p": 1}, _tid),
     st.builds(lambda i: {"op": "cancel", "id": i}, _tid),
@@ -597,7 +601,7 @@ _replayed = st.lists(st.one_of(
 
 
 def _replayed_state(table):
-    tasks = {tid: (r.name, r.args, r.kwargs, r.due, r.tries, r.error, table.state(r))
+    tasks = {tid: (r.name, r.args, r.kwargs, r.due, r.tries, r.error, r.sched, table.state(r))
              for tid, r in table.tasks.items()}
     return list(table.tasks), tasks, list(table.finished.items())
 
@@ -635,7 +639,18 @@ _junk = st.sampled_from(["", "{", "[1]", '"done"', "null", '{"op":"add"}', "1 2"
                          '{"op":"add","id":"a","task":"job","due":1.0,"args":[1]],"kwargs":{}}',
                          '{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":[1]}',
                          '{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":{},"x":1}',
-                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":{}}}'])
+                         '{"op":"add","id":"a","task":"job","due":1.0,"args":[],"kwargs":{}}}',
+                         # a schedule's run, with its fields out of order, missing, or extra
+                         '{"op":"add","id":"s@x","task":"job","due":1.0,"args":[],"kwargs":{},'
+                         '"sched":"s","spec":"every 1","tz":"UTC"}',
+                         '{"op":"add","id":"s@x","task":"job","due":1.0,"args":[],"kwargs":{},'
+                         '"spec":"every 1","sched":"s","tz":"UTC"}',
+                         '{"op":"add","id":"s@x","task":"job","due":1.0,"args":[],"kwargs":{},'
+                         '"sched":"s","spec":"every 1"}',
+                         '{"op":"add","id":"s@x","task":"job","due":1.0,"args":[],"kwargs":{},'
+                         '"sched":"s","spec":"every 1","tz":"UTC","x":1}',
+                         '{"op":"add","id":"s@x","task":"job","due":1.0,"args":[],"kwargs":{},'
+                         '"sched":7,"spec":"every 1","tz":"UTC"}'])
 
 
 def _expected_replay(texts):
@@ -686,9 +701,12 @@ def test_replay_reads_the_lines_it_knows_without_the_json_parser():
     part = wheelq._add_part("job")
     lines = [wheelq._add_line(wheelq._OWNER_ADD, "a", part, "job", 5.0, (1, "x"), {}),
              wheelq._add_line(wheelq._PRODUCER_ADD, "b", part, "job", 6.0, (), {"k": [1]}),
-             b'{"op":"done","id":"a"}\n']
+             b'{"op":"done","id":"a"}\n',
+             wheelq._line({"op": "add", "id": "s@2026-12-04T10:05:00Z", "task": "job", "due": 7.0,
+                           "args": [], "kwargs": {}, "sched": "s", "spec": "every 60", "tz": "UTC"})]
     rows = wheelq._read_rows(b"".join(lines).decode())
-    assert [r.__class__ for r in rows] == [wheelq._Rec, wheelq._Rec, tuple]
+    assert [r.__class__ for r in rows] == [wheelq._Rec, wheelq._Rec, tuple, wheelq._Rec]
+    assert rows[3].sched == ("s", "every 60", "UTC")
     assert (rows[0].id, rows[0].args, rows[0].due) == ("a", [1, "x"], 5.0)
     assert (rows[1].id, rows[1].kwargs) == ("b", {"k": [1]})
     assert rows[2] == ("a",)
