@@ -132,6 +132,7 @@ __version__ = "0.2.0"
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -145,6 +146,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import os
 import queue
 import random
@@ -1417,8 +1419,8 @@ _FINISHED_MEMORY = 65536  # finished ids whose final state status() still knows 
 _MAX_DEPTH = 100  # how deeply task arguments and results may nest
 
 
-class _Extra:
-    """What few tasks carry besides their args.
+class _Extra(collections.namedtuple("_Extra", "args kwargs tries error crashes sched")):
+    """What few tasks carry besides their args (never changed: a change is a new one).
 
     ``crashes`` is None for a task whose runs were never cut short by the
     death of the process; else the number of such runs during which it was
@@ -1426,15 +1428,18 @@ class _Extra:
     schedule.
     """
 
-    __slots__ = ("args", "kwargs", "tries", "error", "crashes", "sched")
+    __slots__ = ()
 
-    def __init__(self, args, kwargs, tries, error, crashes, sched):
-        self.args = args
-        self.kwargs = kwargs
-        self.tries = tries
-        self.error = error
-        self.crashes = crashes
-        self.sched = sched
+
+def _extra_field(name: str, default: Any) -> property:
+    """A field of ``_Extra`` read through a ``_Rec``: ``default`` for a task with only its args."""
+    get = operator.attrgetter(name)
+
+    def read(rec: Any) -> Any:
+        body = rec.body
+        return get(body) if body.__class__ is _Extra else default
+
+    return property(read, doc="The task's %s (%r when it has none)." % (name, default))
 
 
 class _Rec:
@@ -1455,39 +1460,16 @@ class _Rec:
         self.due = due
         self.at = None
 
-    def _extra(self) -> Any:
-        body = self.body
-        return body if body.__class__ is _Extra else None
-
     @property
     def args(self):
         body = self.body
         return body.args if body.__class__ is _Extra else body
 
-    @property
-    def kwargs(self):
-        x = self._extra()
-        return x.kwargs if x else None
-
-    @property
-    def tries(self):
-        x = self._extra()
-        return x.tries if x else 0
-
-    @property
-    def error(self):
-        x = self._extra()
-        return x.error if x else None
-
-    @property
-    def crashes(self):
-        x = self._extra()
-        return x.crashes if x else None
-
-    @property
-    def sched(self):
-        x = self._extra()
-        return x.sched if x else None
+    kwargs = _extra_field("kwargs", None)
+    tries = _extra_field("tries", 0)
+    error = _extra_field("error", None)
+    crashes = _extra_field("crashes", None)
+    sched = _extra_field("sched", None)
 
     def set(self, kwargs=None, tries=0, error=None, crashes=None, sched=None) -> None:
         """Set everything but the args; a task with none of it keeps only its args."""
@@ -1758,16 +1740,20 @@ class _BadRecord(Exception):
         self.reason = reason
 
 
-def _f_text(v: Any) -> str:
-    if v.__class__ is not str:
-        raise TypeError("must be a string, not %s" % type(v).__name__)
-    return v
+def _of(cls: type, what: str) -> Callable[[Any], Any]:
+    """A field's reader that takes a value of exactly ``cls`` (``what`` names it in errors)."""
+
+    def read(v: Any) -> Any:
+        if v.__class__ is not cls:
+            raise TypeError("must be %s, not %s" % (what, type(v).__name__))
+        return v
+
+    return read
 
 
-def _f_id(v: Any) -> str:
-    if v.__class__ is not str:
-        raise TypeError("must be a string, not %s" % type(v).__name__)
-    return v
+_f_text = _f_id = _of(str, "a string")
+_f_list = _of(list, "a list")
+_f_object = _of(dict, "an object")
 
 
 def _f_time(v: Any) -> float:
@@ -1792,18 +1778,6 @@ def _f_count(v: Any) -> int:
 def _f_error(v: Any) -> str | None:
     if v is not None and v.__class__ is not str:
         raise TypeError("must be a string or null, not %s" % type(v).__name__)
-    return v
-
-
-def _f_list(v: Any) -> list:
-    if v.__class__ is not list:
-        raise TypeError("must be a list, not %s" % type(v).__name__)
-    return v
-
-
-def _f_object(v: Any) -> dict:
-    if v.__class__ is not dict:
-        raise TypeError("must be an object, not %s" % type(v).__name__)
     return v
 
 
@@ -3404,22 +3378,15 @@ _BLOCKED = 1.0  # seconds a coroutine may hold the event loop before the watchdo
 _CURRENT: contextvars.ContextVar = contextvars.ContextVar("wheelq_current", default=None)
 
 
-class _Outcome:
+class _Outcome(collections.namedtuple("_Outcome", "rec task error value exc seconds",
+                                       defaults=(None, None, None, None))):
     """How one run ended: ``error`` is None for a return (``value``), else the error's text.
 
     A run that returned None, with no result to keep and no run time to
     log (the common case), is reported as its bare record instead.
     """
 
-    __slots__ = ("rec", "task", "error", "value", "exc", "seconds")
-
-    def __init__(self, rec, task, error=None, value=None, exc=None, seconds=None):
-        self.rec = rec
-        self.task = task
-        self.error = error
-        self.value = value
-        self.exc = exc
-        self.seconds = seconds
+    __slots__ = ()
 
 
 def _failure(rec: Any, task: Any, exc: BaseException, seconds: float | None) -> _Outcome:
@@ -4729,41 +4696,47 @@ class Wheel:
         raise ResultUnavailable("no task with id %r is known here: it never existed, or finished "
                                 "long ago" % tid)
 
+    def _look(self, tid: str, deadline: float | None, timeout: float | None) -> tuple:
+        """A result() call's look: ``(True, value)``, or ``(False, seconds to wait)``.
+
+        The owner is woken the moment a task finishes; a producer reads the
+        journal again at least once a tick.
+        """
+        ready, value = self._result_now(tid)
+        if ready:
+            return True, value
+        left = None if deadline is None else deadline - _monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError("task %s has not finished within %ss" % (tid, _number(timeout)))
+        return False, self._tick if left is None else min(self._tick, left)
+
     def _result(self, tid: str, timeout: float | None) -> Any:
         deadline = None if timeout is None else _monotonic() + _check_seconds("timeout", timeout)
         while True:
-            ready, value = self._result_now(tid)
+            ready, got = self._look(tid, deadline, timeout)
             if ready:
-                return value
-            left = None if deadline is None else deadline - _monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError("task %s has not finished within %ss" % (tid, _number(timeout)))
-            step = self._tick if left is None else min(self._tick, left)
+                return got
             if self._role is _PRODUCER:
-                self._closed.wait(step)  # read the journal again at least once a tick
+                self._closed.wait(got)
             else:
-                with self._idle:
-                    self._idle.wait(step)
+                with self._idle:  # notified as tasks finish
+                    self._idle.wait(got)
 
     async def _aresult(self, tid: str, timeout: float | None) -> Any:
         deadline = None if timeout is None else _monotonic() + _check_seconds("timeout", timeout)
         loop = asyncio.get_running_loop()
         while True:
-            ready, value = self._result_now(tid)
+            ready, got = self._look(tid, deadline, timeout)
             if ready:
-                return value
-            left = None if deadline is None else deadline - _monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError("task %s has not finished within %ss" % (tid, _number(timeout)))
-            step = self._tick if left is None else min(self._tick, left)
+                return got
             if self._role is _PRODUCER:
-                await asyncio.sleep(step)
+                await asyncio.sleep(got)
                 continue
-            woken = loop.create_future()
+            woken = loop.create_future()  # settled by _wake_waiters, as tasks finish
             with self._lock:
                 self._waiters.append((loop, woken))
             try:
-                await asyncio.wait_for(woken, step)
+                await asyncio.wait_for(woken, got)
             except asyncio.TimeoutError:
                 pass
             finally:
