@@ -210,15 +210,13 @@ class JournalLocked(WheelqError):
 class JournalCorrupt(WheelqError):
     """A journal line that cannot be read; ``lineno`` counts the header as 1."""
 
-    def __init__(self, path: str, lineno: int, reason: str):
+    def __init__(self, path: str, lineno: int, reason: str, advice: str | None = None):
         self.path = path
         self.lineno = lineno
         self.reason = reason
-        super().__init__(
-            "journal %s line %d: %s; run `python -m wheelq check %s` to see "
-            "the bad lines and `python -m wheelq repair %s` to set them aside"
-            % (path, lineno, reason, path, path)
-        )
+        super().__init__("journal %s line %d: %s; %s" % (
+            path, lineno, reason, advice or "run `python -m wheelq check %s` to see the bad lines "
+            "and `python -m wheelq repair %s` to set them aside" % (path, path)))
 
 
 class UnknownTask(WheelqError):
@@ -1715,6 +1713,10 @@ def _decode(data: bytes) -> tuple:
     return "".join(out), bad
 
 
+_NOT_OURS = ("wheelq writes only to a file that is empty or starts with that header, and changed "
+             "nothing in this one: check the path")
+
+
 def _check_header(line: bytes, path: str) -> None:
     """Raise JournalCorrupt unless ``line`` (the first, newline included) is wheelq's header."""
     try:
@@ -1722,10 +1724,11 @@ def _check_header(line: bytes, path: str) -> None:
     except ValueError:
         head = None
     if not isinstance(head, dict) or "wheelq" not in head:
-        raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
+        raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)', _NOT_OURS)
     if head["wheelq"] != 1:
-        raise JournalCorrupt(path, 1, "written by another version of wheelq (format %r); use "
-                             "that version" % (head["wheelq"],))
+        raise JournalCorrupt(path, 1, "written by another version of wheelq (format %r)"
+                             % (head["wheelq"],), "use that version of wheelq; this one changes "
+                             "nothing in it")
 
 
 # -- the ops: each described once ----------------------------------------------------
@@ -2603,11 +2606,10 @@ class _FileStore:
 
     def _check_or_create(self, fd: int) -> None:
         """Holding flock: write the header into an empty file, or check the one there."""
-        size = os.fstat(fd).st_size
-        head = os.pread(fd, 4096, 0)
-        if size and _HEADER.startswith(head) and head != _HEADER:
+        head = os.pread(fd, 4096, 0)  # (not the size: /proc and the like report 0 and hold text)
+        if head and _HEADER.startswith(head) and head != _HEADER:
             return  # a header torn as the file was created: a journal with no tasks (appends mend it)
-        if size == 0:
+        if not head:
             self._write_fd(fd, _HEADER)
             if self.mode != "never":  # a new file: make its name durable too
                 try:
@@ -2618,8 +2620,8 @@ class _FileStore:
             return
         newline = head.find(b"\n")
         if newline < 0:
-            raise JournalCorrupt(self.path, 1, 'not a wheelq journal (no {"wheelq": 1} header); '
-                                 "wheelq writes only to its own journals")
+            raise JournalCorrupt(self.path, 1, 'not a wheelq journal (no {"wheelq": 1} header)',
+                                 _NOT_OURS)
         _check_header(head[:newline + 1], self.path)
 
     def close(self) -> None:
@@ -5786,7 +5788,7 @@ def _scan(path: str, data: bytes, stop: bool = False) -> tuple:
     end = data.rfind(b"\n") + 1
     if end == 0:
         if data and not _HEADER.startswith(data):
-            raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)')
+            raise JournalCorrupt(path, 1, 'not a wheelq journal (no {"wheelq": 1} header)', _NOT_OURS)
         return table, (1 if data else 0), ([(1, "torn header (no newline: a write cut short by a "
                                                 "crash)", data)] if data else [])
     head = data.index(b"\n") + 1
