@@ -1607,6 +1607,9 @@ def _add_line(head: str, tid: str, part: str, name: str, due: float, args: tuple
     return _line(record if head == _OWNER_ADD else dict(p=1, **record))
 
 
+_JSON_ATOMS = (str, int, float, bool, type(None))
+
+
 def _done_line(tid: str) -> bytes:
     """A plain ``done`` line, as ``_line`` spells it."""
     return b'{"op":"done","id":' + _json_str(tid).encode("utf-8") + b"}\n"
@@ -1939,6 +1942,7 @@ class _Table:
         self.finished: dict = {}  # id -> final state, of recent tasks
         self.results: dict = {}  # id -> (rec, value, expires, error): kept results
         self.expiring: list = []  # heap of (expires, id)
+        self.expired: dict = {}  # id -> expires, of recent results that expired
         self.cursors: dict = {}  # schedule name -> _Cursor
         self.unplanned: set = set()  # schedules whose run was cancelled: the owner plans the next
         self.events = dict.fromkeys(("done", "failed", "retried", "cancelled"), 0)
@@ -2283,6 +2287,9 @@ class _Table:
             if kept is not None and kept[2] == expires:
                 del results[tid]
                 self.finished[tid] = DONE
+                self.expired[tid] = expires
+        if len(self.expired) > 2 * _FINISHED_MEMORY:
+            self.expired = dict(itertools.islice(self.expired.items(), _FINISHED_MEMORY, None))
 
     def result(self, tid: str, now: float) -> tuple | None:
         """``(rec, value, expires, error)`` of a kept, unexpired result, else None."""
@@ -3606,17 +3613,25 @@ class _Loop:
             self.places.release()
 
     def submit(self, batch: list, stopping: threading.Event) -> bool:
-        """Wait for a place for each task of ``batch``, then start them on the loop."""
-        got = 0
-        while got < len(batch):
+        """Start the tasks of ``batch`` on the loop as places come free, waiting in short steps.
+
+        False if the wheel stops first; the caller takes back the tasks of
+        the batch, and those already handed to the loop then do not begin
+        (``begin`` starts only tasks still queued).
+        """
+        i, n = 0, len(batch)
+        while i < n:
             if stopping.is_set():
-                self._free(got)
                 return False
-            if self.places.acquire(timeout=0.05):
+            if not self.places.acquire(timeout=0.05):
+                continue
+            got = 1
+            while i + got < n and self.places.acquire(blocking=False):
                 got += 1
-                with self._count:
-                    self.busy += 1
-        self.loop.call_soon_threadsafe(self._launch, batch)
+            with self._count:
+                self.busy += got
+            self.loop.call_soon_threadsafe(self._launch, batch[i:i + got])
+            i += got
         return True
 
     def idle(self) -> bool:
@@ -3680,16 +3695,23 @@ class _Loop:
         self.thread.join(5.0)
 
 
-def _run_eagerly(pairs: list, limit: int) -> list:
-    """Eager mode: run async tasks to completion on a private loop in this thread."""
+_EAGER_IN_LOOP = ("tick() would run async tasks on an event loop of its own, and cannot inside a "
+                  "running one: call it from a thread without a loop, or start() the wheel, whose "
+                  "tasks then run on its wheelq-asyncio loop")
+
+
+def _in_running_loop() -> bool:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        pass
-    else:
-        raise RuntimeError("tick() would run async tasks on an event loop of its own, and cannot "
-                           "inside a running one: call it from a thread without a loop, or start() "
-                           "the wheel, whose tasks then run on its wheelq-asyncio loop")
+        return False
+    return True
+
+
+def _run_eagerly(pairs: list, limit: int) -> list:
+    """Eager mode: run async tasks to completion on a private loop in this thread."""
+    if _in_running_loop():
+        raise RuntimeError(_EAGER_IN_LOOP)
 
     async def run_all() -> list:
         places = asyncio.Semaphore(limit)
@@ -4023,6 +4045,7 @@ class Wheel:
         self._pool: _Threads | None = None
         self._loop: _Loop | None = None
         self._waiters: list = []  # (loop, future) of aresult() calls in the owner
+        self._finishes = 0  # outcomes applied so far: result() waits only if none came since it looked
         self._saved: Any = None  # what testing() put aside
         self._set(path=path, workers=workers, queue_size=queue_size, async_workers=async_workers,
                   slots=slots, tick=tick, fsync=fsync, clock=clock)
@@ -4357,6 +4380,7 @@ class Wheel:
         """Owner, called by the store holding its lock: apply the lines others appended."""
         with self._lock:
             self._table.read(text, lineno, self._skip_bad, raws)
+            self._finishes += 1
             self._idle.notify_all()
         self._wake_waiters()
 
@@ -4669,6 +4693,15 @@ class Wheel:
         """``(True, value)`` if there is a result now, ``(False, None)`` to wait; or raise."""
         table = self._view()
         with self._lock:
+            rec = table.tasks.get(tid)
+            if rec is not None:  # a live task of this id wins over an older result
+                if tid in table.failed:
+                    raise TaskFailed(tid, rec.error, rec.tries)
+                task = self._registry.get(rec.name)
+                if task is not None and not task.result_ttl:
+                    raise ResultUnavailable("results of task %s are not kept: register it with "
+                                            "result_ttl=SECONDS to keep them" % rec.name)
+                return False, None
             kept = table.results.get(tid)
             if kept is not None:
                 rec, value, expires, error = kept
@@ -4680,21 +4713,16 @@ class Wheel:
                     raise ResultUnavailable("task %s returned a value that is not JSON, so it was "
                                             "not kept (%s); return JSON values" % (tid, error))
                 return True, value
-            rec = table.tasks.get(tid)
-            if rec is not None:
-                if tid in table.failed:
-                    raise TaskFailed(tid, rec.error, rec.tries)
-                task = self._registry.get(rec.name)
-                if task is not None and not task.result_ttl:
-                    raise ResultUnavailable("results of task %s are not kept: register it with "
-                                            "result_ttl=SECONDS to keep them" % rec.name)
-                return False, None
             final = table.finished.get(tid)
+            expired = table.expired.get(tid)
         if final == CANCELLED:
             raise ResultUnavailable("task %s was cancelled (or purged): it has no result" % tid)
+        if final == DONE and expired is not None:
+            raise ResultUnavailable("the result of task %s expired at %s; keep results longer "
+                                    "with result_ttl=..." % (tid, _iso_utc(expired)))
         if final == DONE:
-            raise ResultUnavailable("task %s is done, but its result was not kept or has expired "
-                                    "(results are kept only with result_ttl=...)" % tid)
+            raise ResultUnavailable("task %s is done, but the results of its task are not kept: "
+                                    "register it with result_ttl=SECONDS to keep them" % tid)
         raise ResultUnavailable("no task with id %r is known here: it never existed, or finished "
                                 "long ago" % tid)
 
@@ -4715,6 +4743,7 @@ class Wheel:
     def _result(self, tid: str, timeout: float | None) -> Any:
         deadline = None if timeout is None else _monotonic() + _check_seconds("timeout", timeout)
         while True:
+            seen = self._finishes
             ready, got = self._look(tid, deadline, timeout)
             if ready:
                 return got
@@ -4722,29 +4751,39 @@ class Wheel:
                 self._closed.wait(got)
             else:
                 with self._idle:  # notified as tasks finish
-                    self._idle.wait(got)
+                    if self._finishes == seen:
+                        self._idle.wait(got)
 
     async def _aresult(self, tid: str, timeout: float | None) -> Any:
         deadline = None if timeout is None else _monotonic() + _check_seconds("timeout", timeout)
         loop = asyncio.get_running_loop()
         while True:
-            ready, got = self._look(tid, deadline, timeout)
+            woken = loop.create_future()  # settled by _wake_waiters, as tasks finish
+            if self._role is not _PRODUCER:
+                with self._lock:  # first: a task that finishes while we look wakes us
+                    self._waiters.append((loop, woken))
+            try:
+                ready, got = self._look(tid, deadline, timeout)
+            except BaseException:
+                self._unwait(loop, woken)
+                raise
             if ready:
+                self._unwait(loop, woken)
                 return got
             if self._role is _PRODUCER:
                 await asyncio.sleep(got)
                 continue
-            woken = loop.create_future()  # settled by _wake_waiters, as tasks finish
-            with self._lock:
-                self._waiters.append((loop, woken))
             try:
                 await asyncio.wait_for(woken, got)
             except asyncio.TimeoutError:
                 pass
             finally:
-                with self._lock:
-                    if (loop, woken) in self._waiters:
-                        self._waiters.remove((loop, woken))
+                self._unwait(loop, woken)
+
+    def _unwait(self, loop: Any, woken: Any) -> None:
+        with self._lock:
+            if (loop, woken) in self._waiters:
+                self._waiters.remove((loop, woken))
 
     def _wake_waiters(self) -> None:
         """A task finished: wake the aresult() calls (each re-checks its own task)."""
@@ -4911,6 +4950,12 @@ class Wheel:
 
     def _execute(self, batch: list, now: float | None = None) -> None:
         """Run a batch: in a worker thread, or in this thread in eager mode (``now`` given)."""
+        if now is not None and _in_running_loop():
+            registry = self._registry
+            if any(getattr(registry.get(r.name), "is_async", False) for r in batch):
+                # Refuse before anything starts: the batch stays pending, none of it runs.
+                self._unqueue(batch)
+                raise RuntimeError(_EAGER_IN_LOOP)
         pairs = self._begin(batch)
         timed = logger.isEnabledFor(logging.DEBUG)
         outcomes = []
@@ -4978,6 +5023,10 @@ class Wheel:
                     record = {"op": "done", "id": rec.id, "result": o.value, "expires": now + ttl}
                     try:
                         line = _line(record)
+                        if o.value.__class__ not in _JSON_ATOMS:
+                            # The value as JSON gives it back, as a producer and a restart read
+                            # it: a tuple is a list, a dict's keys are strings, no alias remains.
+                            record["result"] = json.loads(line)["result"]
                     except TypeError as exc:
                         logger.warning("task %s [%s] returned a value that is not JSON, so its result "
                                        "is not kept: %s", task.name, _printable(rec.id), exc)
@@ -4985,7 +5034,7 @@ class Wheel:
                                   "error": "%s" % exc}
                         line = _line(record)
                     lines.append(line)
-                    changes.append(("done", record))
+                    changes.append(("done", {k: v for k, v in record.items() if k != "op"}))
                 else:
                     lines.append(_done_line(rec.id))
                     changes.append(rec.id)
@@ -5022,6 +5071,7 @@ class Wheel:
                                  "a restart", len(lines))
             with self._lock:
                 table = self._table
+                self._finishes += 1
                 done = table.done
                 for change in changes:
                     if change.__class__ is str:  # a plain done
@@ -5332,7 +5382,9 @@ class Wheel:
         if self._pool is not None:
             self._unqueue(self._pool.drain())
         if self._loop is not None:
-            self._loop.stop(deadline)
+            # Cancel what still runs a little before the deadline, so that closing
+            # the journal (the cancelled tasks journaled pending) fits in it too.
+            self._loop.stop(None if deadline is None else deadline - min(0.1, (deadline - _monotonic()) / 10))
         if self._pool is not None:
             self._pool.stop(None)
         self._close()

@@ -723,10 +723,12 @@ FIGURES = {
 
 def _more_figures():
     """Figures that live in modules of their own."""
+    from async_bench import fig_async
     from cron_bench import fig_cron
     from sched_bench import fig_schedules
 
     FIGURES.update(cron=fig_cron, schedules=fig_schedules)
+    FIGURES["async"] = fig_async
 
 
 _more_figures()
