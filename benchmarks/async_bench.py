@@ -38,7 +38,7 @@ sys.path.insert(0, HERE)
 import wheelq  # noqa: E402
 from figures import T0, _alternate, _n, median, perf, row  # noqa: E402
 
-FIGURE = "9. async"
+FIGURE = "10. async"
 SLEEP = 0.2  # seconds each task waits
 WORKERS = 4  # the default thread workers
 
