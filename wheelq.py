@@ -162,6 +162,7 @@ import zoneinfo
 from bisect import bisect_left, bisect_right
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "Wheel",
@@ -2384,11 +2385,18 @@ def _by_due(rec: _Rec) -> float:
 #   records()          how many records the journal holds (the owner's count), for
 #                      the rule of when to compact
 #   open()             first use: create the journal or check that it is one
-#   append(data, build=None, lines=0) -> seq
+#   append(data, build=None, lines=0, task_id=None) -> seq
 #                      (holding lock) append whole lines.  First the lines others
 #                      appended go to ``deliver`` (owner), so the state they make
 #                      is in place; with ``build``, data = build() is made after that
 #                      and may be b"" (nothing to write).  ``seq`` is for commit().
+#                      ``task_id``: data is the add of a user's task id, which a
+#                      store may deduplicate itself (the owner still applies only
+#                      the first add of a live id)
+#   concurrent         True: a producer's append need not hold lock (the store
+#                      groups concurrent ones into one round trip); False here
+#   clock              (optional) set by the wheel before open() to its clock, against
+#                      which a store whose time is a server's measures ``skew``
 #   defer(data) -> seq (holding lock) owner, fsync="always": the next commit writes it
 #   commit(seq), sync()  make a write durable (group commit) / everything written so far
 #   load(read)         owner: every line from the start, to read(text, lineno, raws,
@@ -2399,7 +2407,9 @@ def _by_due(rec: _Rec) -> float:
 #                      for a producer's view; it never takes a lock that append needs
 #   rewrite(snapshot)  owner: replace the journal by snapshot(read), the lines to keep
 #                      (compaction; ``read()`` gives the file's bytes, for repair)
-#   acquire(wait) -> bool, release(), check() -> str | None   the owner lease
+#   acquire(wait) -> bool, release(), check() -> str | None   the owner lease; check()
+#                      says why the owner lost it (the file replaced, the lease taken)
+#   detached(why)      the message the owner logs when it stops taking tasks for that
 #   after_fork()       in a child process: forget every descriptor; reopen lazily
 #   close()            make everything durable (unless fsync="never") and let go
 
@@ -2417,6 +2427,7 @@ class _MemoryStore:
 
     name = "(memory)"
     durable = False
+    concurrent = False
     skew = 0.0
 
     def __init__(self):
@@ -2429,7 +2440,8 @@ class _MemoryStore:
     def records(self) -> int:
         return 0
 
-    def append(self, data: bytes, build: Callable | None = None, lines: int = 0) -> int:
+    def append(self, data: bytes, build: Callable | None = None, lines: int = 0,
+               task_id: str | None = None) -> int:
         if build is not None:
             build()
         return 0
@@ -2463,6 +2475,9 @@ class _MemoryStore:
 
     def check(self) -> str | None:
         return None
+
+    def detached(self, why: str) -> str:
+        return why
 
     def after_fork(self) -> None:
         self.lock = threading.Lock()
@@ -2506,6 +2521,7 @@ class _FileStore:
     """
 
     durable = True
+    concurrent = False
     skew = 0.0
     _fsync = staticmethod(os.fsync)  # a seam for fault-injection tests
 
@@ -2686,7 +2702,8 @@ class _FileStore:
             self._end = -1
             self.reopened += 1
 
-    def append(self, data: bytes, build: Callable | None = None, lines: int = 0) -> int:
+    def append(self, data: bytes, build: Callable | None = None, lines: int = 0,
+               task_id: str | None = None) -> int:
         """Append whole lines (see the class); the caller holds ``lock``.
 
         ``lines``: how many lines ``data`` is, when the caller knows (an add
@@ -3310,6 +3327,13 @@ class _FileStore:
             os.close(self._lock_fd)  # the operating system drops the flock
             self._lock_fd = None
 
+    def detached(self, why: str) -> str:
+        """What the owner logs, and ``run`` says, when ``check()`` gave ``why``."""
+        return ("journal %s: %s under this owner (pid %d), so other processes now use another "
+                "file: this owner stops taking tasks, and keeps the owner lock until it stops, so "
+                "that no second owner starts beside it; put the journal back and start it again"
+                % (self.path, why, os.getpid()))
+
     def check(self) -> str | None:
         """Owner, once a tick: None while the path still names the journal and the lock it holds."""
         for path, fd in ((self.path, self.fd), (self.path + ".lock", self._lock_fd)):
@@ -3355,9 +3379,28 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _is_url(path: str) -> bool:
+    """A queue on a Redis server (DESIGN.md section 7) rather than a journal file."""
+    return path.startswith(("redis://", "rediss://", "unix://"))
+
+
+def _shown(path: str | None) -> str:
+    """A journal path or store URL as messages and logs show it: a URL's password hidden."""
+    if path is None:
+        return "(memory)"
+    if not _is_url(path):
+        return path
+    parts = urlsplit(path)
+    if parts.password is None:
+        return path
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit((parts.scheme, "%s:***@%s" % (user.split(":", 1)[0], host),
+                       parts.path, parts.query, parts.fragment))
+
+
 def _store_for(path: str, fsync: str) -> Any:
     """The store a path or URL names: a file, or (wheelq_redis) a Redis server."""
-    if path.startswith(("redis://", "rediss://", "unix://")):
+    if _is_url(path):
         try:
             import wheelq_redis
         except ImportError as exc:
@@ -3365,7 +3408,7 @@ def _store_for(path: str, fsync: str) -> Any:
                 raise
             raise WheelqError("%s names a Redis server, which needs the optional Redis store: "
                               'pip install "wheelq[redis]" (it brings redis-py and wheelq_redis.py)'
-                              % path) from None
+                              % _shown(path)) from None
         return wheelq_redis.RedisStore(path, fsync)
     return _FileStore(path, fsync)
 
@@ -4082,6 +4125,7 @@ class Wheel:
                             "wheelq.SystemClock and wheelq.ManualClock do")
         self._options = o
         self._path, self._workers, self._queue_size = path, workers, queue_size
+        self._name = _shown(path)  # for messages and logs
         self._async_workers, self._nslots, self._tick = async_workers, slots, tick
         self._fsync, self._clock = fsync, clock
         self._always = fsync == "always"
@@ -4103,7 +4147,7 @@ class Wheel:
         return self
 
     def __repr__(self) -> str:
-        return "<Wheel %s %s %s>" % (self._path or "(memory)", self._role or "unopened", self._state)
+        return "<Wheel %s %s %s>" % (self._name, self._role or "unopened", self._state)
 
     # -- registering -----------------------------------------------------------------
 
@@ -4244,6 +4288,7 @@ class Wheel:
                 plan = bool(self._schedules)
             else:
                 store = _store_for(self._path, self._fsync)
+                self._use_store_time(store)
                 store.open()
                 table, role, plan = _Table(), _PRODUCER, False
             self._store, self._role = store, role
@@ -4251,6 +4296,12 @@ class Wheel:
         if role is _MEMORY and plan:
             self._plan(list(self._schedules), self._now())
         return table
+
+    def _use_store_time(self, store: Any) -> None:
+        """A store whose time is a server's (Redis): this wheel's now is its clock plus ``skew``."""
+        if hasattr(store, "clock"):
+            clock = store.clock = self._clock
+            self._now = lambda: clock.time() + store.skew
 
     # -- adding ---------------------------------------------------------------------------
 
@@ -4267,7 +4318,7 @@ class Wheel:
         table = self._table or self._open()
         role = self._role
         if role is _PRODUCER:
-            return self._produce(task, tid, due, args, kwargs)
+            return self._produce(task, tid, due, args, kwargs, task_id)
         data = _add_line(_OWNER_ADD, tid, task._part, task.name, due, args, kwargs)
         rec = _Rec(tid, task.name, args, due)
         if kwargs:
@@ -4301,7 +4352,7 @@ class Wheel:
                     with lock:
                         found = table.tasks.get(tid)
                     return b"" if found is not None else data
-                seq = store.append(b"", build)
+                seq = store.append(b"", build, 0, tid)
                 if found is None:
                     with lock:
                         table.add(rec)
@@ -4316,14 +4367,20 @@ class Wheel:
                     table.release(rec)
         return TaskHandle(self, tid)
 
-    def _produce(self, task: Task, tid: str, due: float, args: tuple, kwargs: dict) -> TaskHandle:
+    def _produce(self, task: Task, tid: str, due: float, args: tuple, kwargs: dict,
+                 task_id: str | None = None) -> TaskHandle:
         """A producer's add: one line, appended; the owner applies the first live add of an id."""
         data = _add_line(_PRODUCER_ADD, tid, task._part, task.name, due, args, kwargs)
         store = self._store
-        with store.lock:
+        if store.concurrent:  # the store groups side-by-side appends into one round trip
             if self._state == "closed":
                 raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
-            seq = store.append(data)
+            seq = store.append(data, None, 1, task_id)
+        else:
+            with store.lock:
+                if self._state == "closed":
+                    raise WheelClosed("this Wheel was stopped; build a new Wheel to add tasks")
+                seq = store.append(data, None, 1, task_id)
         if self._always:
             try:
                 store.commit(seq)
@@ -4386,7 +4443,7 @@ class Wheel:
 
     def _skip_bad(self, lineno: int, reason: str, raw: bytes, last: bool) -> None:
         logger.warning("journal %s line %d: skipped a line this owner cannot read (%s): %s; "
-                       "`python -m wheelq check` lists the bad lines", self._path, lineno,
+                       "`python -m wheelq check` lists the bad lines", self._name, lineno,
                        _printable(reason), _printable(repr(raw[:120])))
 
     def _view(self) -> _Table:
@@ -4397,7 +4454,7 @@ class Wheel:
         store = self._store
 
         def refuse(lineno: int, reason: str, raw: bytes, last: bool) -> None:
-            raise JournalCorrupt(self._path, lineno, _bad_line(reason, raw))
+            raise JournalCorrupt(self._name, lineno, _bad_line(reason, raw))
 
         with self._view_lock:
             reset, text, lineno, raws = store.view()
@@ -4813,7 +4870,7 @@ class Wheel:
         eager = self._state == "new"
         if eager and self._role is not _MEMORY:
             raise WheelqError("tick() runs tasks, which only the owner of %s does: call start() "
-                              "first (a Wheel(path) that is not started only adds tasks)" % self._path)
+                              "first (a Wheel(path) that is not started only adds tasks)" % self._name)
         now = self._now() if now is None else float(now)
         with self._tick_lock:
             owner = self._role is _OWNER
@@ -4940,8 +4997,11 @@ class Wheel:
             try:
                 store.append(b"", build)
             except Exception:
-                logger.exception("could not journal the start of %d task(s); they run all the same",
-                                 len(ids))
+                if store.check() is not None:  # the owner lease is lost: another owner runs them
+                    ids.clear()
+                else:
+                    logger.exception("could not journal the start of %d task(s); they run all the "
+                                     "same", len(ids))
             with self._lock:
                 began = table.start(ids)
                 self._idle.notify_all()
@@ -5171,7 +5231,7 @@ class Wheel:
         def refuse(lineno: int, reason: str, raw: bytes, last: bool) -> None:
             if last and ends[0] and reason.startswith("unreadable"):
                 raise _Torn(lineno)  # the last line, cut short by a crash
-            raise JournalCorrupt(self._path, lineno, _bad_line(reason, raw))
+            raise JournalCorrupt(self._name, lineno, _bad_line(reason, raw))
 
         def read(text: str, lineno: int, raws: dict | None, complete: bool) -> None:
             ends[0] = complete
@@ -5198,12 +5258,12 @@ class Wheel:
                     unknown[rec.name] = unknown.get(rec.name, 0) + 1
         if quiet:
             return
-        logger.info("journal %s: owner (pid %d), %d pending, %d dead letters", self._path,
+        logger.info("journal %s: owner (pid %d), %d pending, %d dead letters", self._name,
                     os.getpid(), counts["pending"], len(table.failed))
         if unknown:
             logger.warning("journal %s holds tasks whose names no task of this process has: %s; "
                            "register them (with the same name=) before they come due, or they "
-                           "become dead letters", self._path,
+                           "become dead letters", self._name,
                            ", ".join("%s (%d)" % (_printable(n), c) for n, c in sorted(unknown.items())))
 
     def _settle_interrupted(self) -> None:
@@ -5237,7 +5297,7 @@ class Wheel:
             lines.append(_line(record))
             changes.append(record)
         logger.warning("journal %s: %d task(s) were running when the last owner died; they run "
-                       "again, each alone", self._path, len(interrupted))
+                       "again, each alone", self._name, len(interrupted))
         store = self._store
         with store.lock:
             store.append(b"".join(lines))
@@ -5259,7 +5319,7 @@ class Wheel:
                     if exc.errno not in _TRANSIENT:
                         raise
                     backoff = min(30.0, max(interval, backoff * 2))
-                    logger.warning("standby for %s: %s; trying again in %.1fs", self._path,
+                    logger.warning("standby for %s: %s; trying again in %.1fs", self._name,
                                    _error_text(exc), backoff)
                 self._stopping.wait(backoff or interval)
             else:
@@ -5270,11 +5330,11 @@ class Wheel:
                     return
                 self._state = "running"
             self._become_owner()
-            logger.info("journal %s: standby took over as owner", self._path)
+            logger.info("journal %s: standby took over as owner", self._name)
             self._launch()
         except Exception:
             # Not left "running" with no timer: the wheel closes, and stop() returns at once.
-            logger.exception("standby for %s failed to take over; this wheel is now closed", self._path)
+            logger.exception("standby for %s failed to take over; this wheel is now closed", self._name)
             with self._lock:
                 self._state = "stopping"
                 self._stopping.set()
@@ -5300,17 +5360,14 @@ class Wheel:
                 logger.exception("wheelq timer: a tick failed; trying again at the next tick")
             if stopping.is_set():
                 return
-            ahead = (self._table.ring.last + 1) * self._tick - clock.time()
+            ahead = (self._table.ring.last + 1) * self._tick - self._now()
             clock.wait(wakeup, min(self._tick, max(0.0, ahead)))
 
     def _detach(self, why: str) -> None:
-        """The journal's path no longer names the file this owner holds: stop taking tasks."""
+        """The store says this owner no longer owns what it names (``check()``): stop taking tasks."""
         if self._fault is None:
-            self._fault = why
-            logger.error("journal %s: %s under this owner (pid %d), so other processes now use "
-                         "another file: this owner stops taking tasks, and keeps the owner lock so "
-                         "that no second owner starts beside it. Put the journal back and restart "
-                         "this process, or stop it", self._path, why, os.getpid())
+            self._fault = self._store.detached(why)
+            logger.error("%s", self._fault)
             self._stopping.set()
             self._wakeup.set()
 
@@ -5327,7 +5384,7 @@ class Wheel:
     def compact(self) -> int:
         """Owner: rewrite the journal with only the live state; return its record count."""
         if self._role is not _OWNER:
-            raise WheelqError("only the owner compacts %s: start() the wheel first" % self._path)
+            raise WheelqError("only the owner compacts %s: start() the wheel first" % self._name)
         store = self._store
 
         def snapshot(read: Callable) -> list:
@@ -5338,7 +5395,7 @@ class Wheel:
 
         with store.lock:
             count = store.rewrite(snapshot)
-        logger.info("journal %s: compacted to %d records", self._path, count)
+        logger.info("journal %s: compacted to %d records", self._name, count)
         return count
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> bool:
@@ -5395,7 +5452,7 @@ class Wheel:
                 with self._store.lock:
                     self._store.close()
         except OSError:
-            logger.exception("closing journal %s", self._path)
+            logger.exception("closing journal %s", self._name)
         finally:
             if self._store is not None:
                 self._store.release()
@@ -5471,7 +5528,7 @@ class Wheel:
             try:
                 store.close()
             except OSError:
-                logger.exception("closing journal %s", self._path)
+                logger.exception("closing journal %s", self._name)
             finally:
                 store.lock.release()
         if store is not None:
@@ -5505,6 +5562,8 @@ class Wheel:
             with self._open_lock:
                 self._store, self._table, self._role = saved[0], saved[1], saved[2]
                 self._set(**saved[3])
+                if self._store is not None:
+                    self._use_store_time(self._store)
 
     def _after_fork(self) -> None:
         """In a child process: fresh locks, no threads; a started owner's child is a producer."""
@@ -5744,8 +5803,7 @@ def _run(args: argparse.Namespace) -> int:
         raise _CliError(str(exc) + (hint if "JournalLocked" in names and not args.standby else "")) from None
     fault = getattr(wheel, "_fault", None)
     if fault is not None:
-        raise _CliError("stopped: %s under the owner; put the journal back, then start it again"
-                        % fault)
+        raise _CliError("stopped: %s" % fault)
     logger.info("%s stopped cleanly", args.target)
     return 0
 
@@ -5863,8 +5921,22 @@ def _scan(path: str, data: bytes, stop: bool = False) -> tuple:
 
 
 def _load(path: str) -> _Table:
-    """The state of the journal at ``path``, as an owner would replay it."""
+    """The state of the journal at ``path`` (or a queue's URL), as an owner would replay it."""
+    if _is_url(path):  # read as a producer reads it: no lock, nothing changes
+        wheel = Wheel(path)
+        try:
+            return wheel._view()
+        finally:
+            wheel.stop()
     return _scan(path, _read_journal(path), stop=True)[0]
+
+
+def _files_only(path: str, verb: str) -> None:
+    if _is_url(path):
+        raise _CliError("%s is for journal files: a Redis stream holds whole entries, never a torn "
+                        "or half-written line (an entry wheelq did not write is named, with the "
+                        "XDEL that removes it, when an owner starts); `wheelq status %s` reads "
+                        "the queue" % (verb, path), code=2)
 
 
 # -- changing a journal ---------------------------------------------------------------
@@ -5878,7 +5950,8 @@ def _edit(path: str, change: Callable[[Wheel, Any], Any]) -> tuple:
     owner does) and no thread starts.  Otherwise ``wheel`` is a producer that
     appends records for the owner, whose pid (0 if unknown) is passed.
     """
-    _read_head(path)
+    if not _is_url(path):
+        _read_head(path)
     wheel = Wheel(path)
     try:
         wheel._open()
@@ -5965,7 +6038,7 @@ def _cancel(args: argparse.Namespace) -> int:
                             "finished" % (_printable(args.id), args.path))
         return [args.id]
 
-    done, owner = _edit(args.path, change)
+    done, owner = _edit(args.opens, change)
     return _report_edit(args, "cancel", done, owner)
 
 
@@ -5981,7 +6054,7 @@ def _reschedule(args: argparse.Namespace) -> int:
                             "finished" % (_printable(args.id), args.path))
         return [args.id]
 
-    done, owner = _edit(args.path, change)
+    done, owner = _edit(args.opens, change)
     return _report_edit(args, "reschedule", done, owner)
 
 
@@ -6020,12 +6093,12 @@ def _switch_schedule(args: argparse.Namespace, pause: bool) -> int:
                                                                  "paused" if pause else "not paused"))
         return [args.name]
 
-    done, owner = _edit(args.path, change)
+    done, owner = _edit(args.opens, change)
     return _report_edit(args, verb, done, owner)
 
 
 def _schedules_cmd(args: argparse.Namespace) -> int:
-    table = _load(args.path)
+    table = _load(args.opens)
     rows = _schedule_rows(table, SystemClock().time())
     if args.json:
         _print_json(rows)
@@ -6081,7 +6154,7 @@ def _requeue(args: argparse.Namespace) -> int:
             wheel.requeue(tid, count_down=count_down)
         return ids
 
-    done, owner = _edit(args.path, change)
+    done, owner = _edit(args.opens, change)
     return _report_edit(args, "requeue", done, owner)
 
 
@@ -6091,7 +6164,7 @@ def _purge(args: argparse.Namespace) -> int:
     def change(wheel: Wheel, owner: Any) -> list:
         return [tid for tid in _dead_letter_ids(wheel, args) if wheel.purge(tid)]
 
-    done, owner = _edit(args.path, change)
+    done, owner = _edit(args.opens, change)
     return _report_edit(args, "purge", done, owner)
 
 
@@ -6102,21 +6175,33 @@ def _progress(message: str, *values: Any) -> None:
 
 def _compact(args: argparse.Namespace) -> int:
     path = args.path
-    _read_head(path)
-    wheel = Wheel(path)
+    url = _is_url(path)
+    if not url:
+        _read_head(path)
+    wheel = Wheel(args.opens)
     try:
         _hold_for_rewrite(wheel, "compact")
-        size = os.path.getsize(path)
+        size = 0 if url else os.path.getsize(path)
         if size >= _BIG:
             _progress("reading %s (%s)...", path, _size(size))
         wheel._become_owner(quiet=True)
-        lines, size = wheel._store.records() + 1, os.path.getsize(path)
-        _progress("compacting %s (%d lines, %s)...", path, lines, _size(size))
+        lines, size = wheel._store.records() + 1, 0 if url else os.path.getsize(path)
+        if url:
+            _progress("compacting %s (%d records)...", path, lines - 1)
+        else:
+            _progress("compacting %s (%d lines, %s)...", path, lines, _size(size))
         started = _monotonic()
         records = wheel.compact()
-        after = os.path.getsize(path)
+        after = 0 if url else os.path.getsize(path)
     finally:
         wheel.stop()
+    if url:  # a stream has entries, not lines and bytes
+        if args.json:
+            _print_json({"path": path, "records_before": lines - 1, "records_after": records})
+        else:
+            print("compacted %s: %d records -> %d in %.1fs"
+                  % (path, lines - 1, records, _monotonic() - started))
+        return 0
     if args.json:
         _print_json({"path": path, "lines_before": lines, "lines_after": records + 1,
                      "bytes_before": size, "bytes_after": after})
@@ -6128,6 +6213,7 @@ def _compact(args: argparse.Namespace) -> int:
 
 def _repair(args: argparse.Namespace) -> int:
     path = args.path
+    _files_only(path, "repair")
     corrupt = path + ".corrupt"
     _check_path(path)
     size = os.path.getsize(path)
@@ -6319,7 +6405,7 @@ def _infos(table: _Table, failed: bool = False) -> list:
 
 def _status(args: argparse.Namespace) -> int:
     path = args.path
-    table = _load(path)
+    table = _load(args.opens)
     now = SystemClock().time()
     pending, failed = _infos(table), _infos(table, failed=True)
     b = _buckets(pending, now)
@@ -6366,7 +6452,7 @@ def _schedule_rows(table: _Table, now: float) -> list:
 
 def _list(args: argparse.Namespace) -> int:
     path = args.path
-    table = _load(path)
+    table = _load(args.opens)
     if args.done:
         now = SystemClock().time()
         tasks = [_info(rec, DONE, value) for rec, value, expires, error in table.results.values()
@@ -6407,6 +6493,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     path = args.path
+    _files_only(path, "check")
     table, nlines, bad = _scan(path, _read_journal(path))
     pending, failed = len(_infos(table)), len(table.failed)
     if args.json:
@@ -6456,7 +6543,9 @@ def _seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wheelq", description="wheelq: a durable delay queue in one file.",
                 epilog="Commands that take PATH work on a journal whether or not an owner runs "
-                       "it; none of them runs tasks.")
+                       "it; none of them runs tasks.  PATH may also be the URL of a queue on a "
+                       "Redis server (redis://HOST:PORT/DB?queue=NAME), except for check and "
+                       "repair, which are for files.")
     p.add_argument("--version", action="version", version="wheelq " + __version__)
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO for run "
                                        "and demo, WARNING otherwise)")
@@ -6547,6 +6636,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(argv + ["demo"])
+    if getattr(args, "path", None) is not None:
+        # A command opens args.opens and shows args.path: a URL's password stays out of
+        # what it prints.
+        args.opens, args.path = args.path, _shown(args.path)
     daemon = args.command in ("demo", "run")
     level_name = str(args.log_level or ("INFO" if daemon else "WARNING")).upper()
     level = getattr(logging, level_name, None)

@@ -725,9 +725,10 @@ def _more_figures():
     """Figures that live in modules of their own."""
     from async_bench import fig_async
     from cron_bench import fig_cron
+    from redis_bench import fig_redis
     from sched_bench import fig_schedules
 
-    FIGURES.update(cron=fig_cron, schedules=fig_schedules)
+    FIGURES.update(cron=fig_cron, schedules=fig_schedules, redis=fig_redis)
     FIGURES["async"] = fig_async
 
 

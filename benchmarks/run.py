@@ -55,7 +55,7 @@ MODES = {
 }
 
 ORDER = ["delay", "naive", "tick", "memory", "memory_rss", "reopen", "burst", "lateness", "peers",
-         "cron", "schedules", "async"]
+         "cron", "schedules", "async", "redis"]
 TIMEOUT = {"smoke": 300, "quick": 1800, "full": 7200}
 
 
