@@ -117,8 +117,10 @@ Decisions the design contract leaves open
   already processed are empty, so nothing runs twice.  The timer never waits
   longer than one tick, on any clock.
 * A retry waits ``retry_delay * retry_backoff ** (n - 1)``, capped at a year.
-* A naive ``eta`` is local time; one more than an hour in the past logs a
-  warning (``datetime.utcnow()`` is the usual cause).
+* A naive ``eta`` is local time.  One that local time puts in the past
+  logs a warning when it is more than an hour past, or more than a minute
+  past while read as UTC it is not: that is ``datetime.utcnow()`` east of
+  Greenwich, whatever the offset (Berlin's is one hour in winter).
 * Task arguments, results and run ids nest at most 100 levels deep:
   ``delay()`` refuses deeper values, which the journal's readers could not
   decode.  ``task_id`` and task names may not hold control characters, and
@@ -285,6 +287,20 @@ def _printable(text: Any) -> str:
     if not _CONTROL.search(text):
         return text
     return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+
+
+class _EscapedTracebacks(logging.Filter):
+    """The traceback of a record, with control characters escaped (task errors are journal
+    text): set as ``exc_text``, which every Formatter prints instead of formatting it again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not record.exc_text:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = "\n".join(_printable(line) for line in text.split("\n"))
+        return True
+
+
+logger.addFilter(_EscapedTracebacks())
 
 
 def _number(x: float) -> str:
@@ -2405,6 +2421,9 @@ def _by_due(rec: _Rec) -> float:
 #   tail()             owner: deliver what others appended since (once a tick)
 #   view() -> (reset, text, lineno, raws)  lines appended since the last view(),
 #                      for a producer's view; it never takes a lock that append needs
+#   lines_naming(needles) -> [(lineno, bytes)] | None   the whole lines holding any
+#                      of the byte strings ``needles``, for a producer's look at one
+#                      task without a view; None: no such search here (read the view)
 #   rewrite(snapshot)  owner: replace the journal by snapshot(read), the lines to keep
 #                      (compaction; ``read()`` gives the file's bytes, for repair)
 #   acquire(wait) -> bool, release(), check() -> str | None   the owner lease; check()
@@ -2463,6 +2482,9 @@ class _MemoryStore:
 
     def view(self) -> tuple:
         return False, "", 0, None
+
+    def lines_naming(self, needles: tuple) -> None:
+        return None
 
     def rewrite(self, snapshot: Callable) -> int:
         return len(snapshot(lambda: b""))
@@ -2536,6 +2558,7 @@ class _FileStore:
         self._lineno = 0
         self._lock_fd: int | None = None
         self._view = None  # (fd, inode, offset, lineno) of a producer's view
+        self._found = None  # (needles, inode, offset, lineno, lines): lines_naming()'s last search
         self.reopened = 0  # times an append found the file replaced (compacted) and reopened it
         self._new_commits()
 
@@ -2678,7 +2701,7 @@ class _FileStore:
                     os.close(fd)
                 except OSError:
                     pass
-        self.fd = self._lock_fd = self._view = None
+        self.fd = self._lock_fd = self._view = self._found = None
         self.deliver = None
         self._end, self._lineno = -1, 0
         self.lock = threading.Lock()
@@ -2723,12 +2746,14 @@ class _FileStore:
             end = os.lseek(fd, 0, os.SEEK_END)
             if end != self._end:
                 end = self._others(fd, end)
+                fd = self.fd  # waiting out an owner's torn line may have reopened a compacted file
             if build is not None:
                 data = build()
             if data:
                 n = self._write_fd(fd, data)
-                if self.deliver is None:
-                    self._check_own(fd, end, n)
+                while self.deliver is None and not self._check_own(fd, end, n):
+                    end = os.lseek(fd, 0, os.SEEK_END)  # our line was cut with the torn one: again
+                    n = self._write_fd(fd, data)
                 self._end = end + len(data)
                 if self.deliver is not None:
                     self._lineno += lines or data.count(b"\n")
@@ -2842,22 +2867,48 @@ class _FileStore:
             os.close(fd)
         return True
 
-    def _check_own(self, fd: int, end: int, n: int) -> None:
+    def _check_own(self, fd: int, end: int, n: int) -> bool:
         """Producer, after its write: a line the owner wrote meanwhile came first; is it whole?
 
         If the owner died inside that write, this line is glued onto its torn
-        one: splice the torn bytes out (nobody else can be writing: we hold
-        the flock and the owner lock is free).
+        one: splice the torn bytes out.  A killed owner holds its lock until
+        its last descriptor closes, which comes after its memory is freed, so
+        its lock may still be held for a moment after its write stopped: wait
+        for it, holding the flock (nobody else can write meanwhile).  If it is
+        still held after that, the owner lives and its write came back short:
+        it takes its partial line out itself, under this flock, so let go of
+        the flock until it has.  Returns False if this line is no longer in
+        the file (an owner that started meanwhile cut it as a torn last line),
+        for the caller to write it again.
         """
         cur = os.lseek(fd, 0, os.SEEK_CUR)
         start = cur - n
         if start == end or os.pread(fd, 1, start - 1) == b"\n":
-            return
-        torn = self._line_start(fd, start)
-        if self._owner_gone():
-            self._splice(torn, start, "a torn line of an owner that died")
-        # else: a live owner's write came back short, and the owner takes its own
-        # partial line out (under this flock) before it raises.
+            return True
+        mine = os.pread(fd, n, start)
+        pause = threading.Event()
+        for _ in range(100):  # 0.2 s: a dying owner lets go in milliseconds
+            if self._owner_gone():
+                self._splice(self._line_start(fd, start), start, "a torn line of an owner that died")
+                return True
+            pause.wait(0.002)
+        warn_at = _monotonic() + 5.0
+        while True:  # the owner lives: let it take its partial line out
+            if warn_at is not None and _monotonic() > warn_at:
+                warn_at = None
+                logger.warning("journal %s: the owner wrote part of a line and has not taken it out "
+                               "for 5 s (is it stopped?); this producer's record waits behind it",
+                               self.path)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            pause.wait(0.002)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink == 0:
+                return True  # spliced: this line is in the new file, which the next append opens
+            if os.pread(fd, n, start) != mine:
+                return False
+            if self._owner_gone():
+                self._splice(self._line_start(fd, start), start, "a torn line of an owner that died")
+                return True
 
     def _line_start(self, fd: int, end: int) -> int:
         """Where the line that holds byte ``end - 1`` starts."""
@@ -3109,15 +3160,20 @@ class _FileStore:
         They count as a write of ours, so the next ``sync()`` covers them.
         """
         fd = self.fd
-        if fd is None:
+        if fd is None or os.fstat(fd).st_size <= self._end:
             return
+        if self._deferred:
+            # The deferred lines first, so that deferred sequences stay the newest ones; and
+            # before reading, since writing them delivers what others appended up to them
+            # and moves _end past it (read before, those lines would be delivered twice and
+            # _end pushed past lines no one delivered).
+            self._drain()
         size = os.fstat(fd).st_size
         if size <= self._end:
             return
         data = os.pread(fd, size - self._end, self._end)
         keep = data.rfind(b"\n") + 1
         if keep:
-            self._drain()  # first, so that deferred sequences stay the newest ones
             self._deliver(data[:keep] if keep < len(data) else data)
             self._end += keep
             self._written = self._appended = self._written + 1
@@ -3181,6 +3237,60 @@ class _FileStore:
     def view_reset(self) -> None:
         """Read the view from the start next time (after a reader refused a line)."""
         self._close_view()
+
+    def lines_naming(self, needles: tuple) -> list:
+        """``[(lineno, line)]``: the whole lines that hold any of ``needles``, in file order.
+
+        A producer's look at one task (``needles``: its id as a JSON string)
+        reads the file in chunks and keeps only those lines: the search runs
+        at C speed, and nothing of any other task is kept.  Read without a
+        lock, as ``view()`` reads.  The same needles again read only what was
+        appended since (a replaced file: from its start), so a producer that
+        polls one task's result reads each line once.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+        except FileNotFoundError:
+            raise WheelqError("journal %s does not exist (any more): check the path" % self.path) from None
+        except OSError as exc:
+            raise _os_error(exc, self.path, "cannot read journal", "check its permissions") from None
+        try:
+            fst = os.fstat(fd)
+            ident = (fst.st_dev, fst.st_ino)
+            last = self._found
+            if last is not None and last[0] == needles and last[1] == ident and fst.st_size >= last[2]:
+                _, _, offset, lineno, found = last
+            else:
+                offset, lineno, found = 0, 0, []
+            carry = b""
+            while True:
+                chunk = os.pread(fd, 1 << 20, offset)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                chunk = carry + chunk
+                whole = chunk.rfind(b"\n") + 1
+                chunk, carry = chunk[:whole], chunk[whole:]
+                if not chunk:
+                    continue
+                if lineno == 0:
+                    _check_header(chunk[:chunk.index(b"\n") + 1], self.path)
+                hits = []
+                for needle in needles:
+                    at = chunk.find(needle)
+                    while at >= 0:
+                        start = chunk.rfind(b"\n", 0, at) + 1
+                        stop = chunk.index(b"\n", at) + 1
+                        hits.append((start, stop))
+                        at = chunk.find(needle, stop)
+                for start, stop in sorted(set(hits)):
+                    found.append((lineno + chunk.count(b"\n", 0, start) + 1, chunk[start:stop]))
+                lineno += chunk.count(b"\n")
+            offset -= len(carry)  # a line still being written: read it next time
+            self._found = (needles, ident, offset, lineno, found)
+            return list(found)
+        finally:
+            os.close(fd)
 
     def _close_view(self) -> None:
         if self._view is not None:
@@ -3294,7 +3404,7 @@ class _FileStore:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno == errno.ELOOP or os.path.islink(lock_path):  # EACCES in a sticky directory
                 raise WheelqError("the owner lock %s is a symlink; wheelq never follows one there "
                                   "(another user could point it at your files): remove it"
                                   % lock_path) from None
@@ -4070,6 +4180,7 @@ class Wheel:
         self._schedules: dict[str, tuple] = {}  # name -> (_Schedule, args, kwargs): declared here
         self._store: Any = None  # chosen at first use
         self._table: _Table | None = None
+        self._viewed = False  # a producer has read its view (else it looks tasks up one by one)
         self._role: str | None = None
         self._state = "new"
         self._fault: str | None = None  # why an owner stopped taking tasks from its journal
@@ -4260,10 +4371,14 @@ class Wheel:
             return self._now()
         if isinstance(eta, datetime):
             due = eta.timestamp()
-            if eta.tzinfo is None and due < self._now() - 3600:
-                logger.warning("eta %s is a naive datetime more than an hour in the past: wheelq "
-                               "reads a naive datetime as local time (datetime.utcnow() is wrong); "
-                               "pass an aware one, e.g. datetime.now(timezone.utc)", eta.isoformat())
+            if eta.tzinfo is None:
+                now = self._now()
+                if due < now - 3600 or (due < now - 60 and
+                                        eta.replace(tzinfo=timezone.utc).timestamp() >= now - 60):
+                    logger.warning("eta %s is a naive datetime %ss in the past as local time: wheelq "
+                                   "reads a naive datetime as local time (datetime.utcnow() is "
+                                   "wrong); pass an aware one, e.g. datetime.now(timezone.utc)",
+                                   eta.isoformat(), _number(round(now - due)))
             return due
         if isinstance(eta, bool) or not isinstance(eta, (int, float)):
             raise TypeError("eta must be a datetime or epoch seconds, not %s" % type(eta).__name__)
@@ -4457,6 +4572,7 @@ class Wheel:
             raise JournalCorrupt(self._name, lineno, _bad_line(reason, raw))
 
         with self._view_lock:
+            self._viewed = True
             reset, text, lineno, raws = store.view()
             if reset:
                 self._table = table = _Table()
@@ -4470,6 +4586,40 @@ class Wheel:
                     raise
         return self._table
 
+    def _view_of(self, tid: str) -> _Table:
+        """A table that holds all the journal says of task ``tid``.
+
+        The owner's table, or a producer's view once it has one; else (a
+        gunicorn worker's ``get()``, ``status()``, ``cancel()`` or
+        ``result()``) a table of only the lines that name the task, which
+        the store finds without parsing the rest.  A schedule's run also
+        needs its schedule's lines (a pause cancels the run that waits).
+        """
+        table = self._table or self._open()
+        if self._role is not _PRODUCER or self._state == "closed" or self._viewed:
+            return self._view()
+        needles = (_json_str(tid).encode("utf-8"),)
+        found = self._store.lines_naming(needles)
+        if found is None:
+            return self._view()
+        table = self._lines_table(found)
+        rec = table.tasks.get(tid)
+        if rec is not None and rec.sched is not None:
+            needles += (b'"sched":' + _json_str(rec.sched[0]).encode("utf-8"),)
+            table = self._lines_table(self._store.lines_naming(needles))
+        return table
+
+    def _lines_table(self, found: list) -> _Table:
+        table = _Table()
+
+        def refuse(lineno: int, reason: str, raw: bytes, last: bool) -> None:
+            raise JournalCorrupt(self._name, lineno, _bad_line(reason, raw))
+
+        for lineno, line in found:
+            text, raws = _decode(line)
+            table.read(text, lineno - 1, refuse, raws)
+        return table
+
     # -- inspecting --------------------------------------------------------------------------
 
     @property
@@ -4479,7 +4629,7 @@ class Wheel:
 
     def get(self, task_id: str) -> TaskInfo | None:
         """The task with this id (a finished one while its result is kept), or None."""
-        table = self._view()
+        table = self._view_of(task_id)
         with self._lock:
             rec = table.tasks.get(task_id)
             if rec is not None:
@@ -4513,7 +4663,7 @@ class Wheel:
             return table.counts()
 
     def _status(self, tid: str) -> str:
-        table = self._view()
+        table = self._view_of(tid)
         with self._lock:
             return table.status(tid)
 
@@ -4550,7 +4700,7 @@ class Wheel:
         """
         if tid.__class__ is not str:
             raise TypeError("a task id is a str, not %s" % type(tid).__name__)
-        table = self._view()
+        table = self._view_of(tid)
         store = self._store
         if self._role is _PRODUCER:
             with self._lock:
@@ -4748,7 +4898,7 @@ class Wheel:
 
     def _result_now(self, tid: str) -> tuple:
         """``(True, value)`` if there is a result now, ``(False, None)`` to wait; or raise."""
-        table = self._view()
+        table = self._view_of(tid)
         with self._lock:
             rec = table.tasks.get(tid)
             if rec is not None:  # a live task of this id wins over an older result
@@ -5481,6 +5631,14 @@ class Wheel:
         The first signal lets running tasks finish and says which they are; a
         second stops at once (those tasks run again after a restart).
         """
+        self._serve()
+
+    def _serve(self, standby: bool = False, started: Callable[[], None] | None = None) -> None:
+        """``run_forever()``; the ``run`` command adds its ``start(standby=)`` and a note once started.
+
+        The handlers are in place before ``start()``: no signal can fall
+        between the first task and them, and be lost or kill the process.
+        """
         signals: list = []
         woken = threading.Event()
         handlers = {}
@@ -5492,10 +5650,15 @@ class Wheel:
                 handlers[sig] = signal.signal(sig, on_signal)
         try:
             if self._state == "new":
-                self.start()
+                self.start(standby=standby)
+            if started is not None:
+                started()
             while not woken.wait(0.2) and not self._closed.is_set() and self._fault is None:
                 pass
             if signals or self._fault is not None:
+                # Any signal past the one that began the stop quits now, even one that
+                # comes while the line below is being written.
+                seen = 1 if signals else 0
                 running = self._running_now()
                 self.stop(wait=False)
                 if running and signals:
@@ -5505,7 +5668,6 @@ class Wheel:
                                              for r in running[:10]))
                 elif signals:
                     logger.info("stopping")
-                seen = len(signals)
                 while not self._closed.wait(0.2):
                     if len(signals) > seen:
                         running = self._running_now()
@@ -5637,6 +5799,11 @@ def _gc_paused() -> Any:
     import gc
 
     was = gc.isenabled()
+    if was:
+        # A paused collector does not count the replay's objects toward its next
+        # collections, so the garbage of wheels stopped before (cycles, freed only by
+        # a full collection) would wait ten replays or more: collect it now.
+        gc.collect()
     gc.disable()
     try:
         yield
@@ -5779,20 +5946,22 @@ def _import_target(target: str) -> Any:
 def _is_wheel(obj: Any) -> bool:
     # `python -m wheelq` runs this file as __main__, so the module's `import wheelq`
     # is a second copy of it: recognise a Wheel by what it does, not by its class.
-    return not isinstance(obj, type) and callable(getattr(obj, "run_forever", None)) \
+    return not isinstance(obj, type) and callable(getattr(obj, "_serve", None)) \
         and callable(getattr(obj, "start", None))
 
 
 def _run(args: argparse.Namespace) -> int:
     """Import the user's wheel and run it until SIGINT or SIGTERM."""
     wheel = _import_target(args.target)
+
+    def started() -> None:
+        logger.info("running %s (pid %d)%s; Ctrl-C or SIGTERM stops it", args.target, os.getpid(),
+                    " as a standby, to take over when the owner exits" if args.standby else "")
+
     try:
         try:
-            if not getattr(wheel, "is_owner", False):  # the module may have started it
-                wheel.start(standby=args.standby)
-            logger.info("running %s (pid %d)%s; Ctrl-C or SIGTERM stops it", args.target, os.getpid(),
-                        " as a standby, to take over when the owner exits" if args.standby else "")
-            wheel.run_forever()
+            # start() under run_forever()'s signal handlers (the module may have started it)
+            wheel._serve(standby=args.standby, started=started)
         except KeyboardInterrupt:  # Ctrl-C before run_forever() took over the signals
             wheel.stop()
     except Exception as exc:
@@ -6242,7 +6411,7 @@ def _repair(args: argparse.Namespace) -> int:
             fd = os.open(corrupt, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC,
                          0o600)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno == errno.ELOOP or os.path.islink(corrupt):  # EACCES in a sticky directory
                 raise _CliError("%s is a symlink; wheelq never writes through one there (another "
                                 "user could point it at your files): remove it" % corrupt) from None
             raise
@@ -6378,8 +6547,10 @@ def _buckets(pending: list, now: float) -> dict:
     shows on the row its due time reads: 12:34:34 is on the 12:34 row.
     """
     minute0 = now - now % 60
-    local = datetime.fromtimestamp(now)
-    hour0 = now - (local.minute * 60 + local.second + local.microsecond / 1e6)
+    # The clock hour's start from the local time itself, a whole number of seconds: `now`
+    # less the minutes, seconds and (rounded) microseconds it shows is off by a fraction
+    # of a microsecond, and a task due on the hour would show on the row before.
+    hour0 = datetime.fromtimestamp(now).replace(minute=0, second=0, microsecond=0).timestamp()
     per_minute, per_hour, later, overdue = [0] * 60, [0] * 24, 0, 0
     for t in pending:
         if t.due < now:

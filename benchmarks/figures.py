@@ -725,10 +725,12 @@ def _more_figures():
     """Figures that live in modules of their own."""
     from async_bench import fig_async
     from cron_bench import fig_cron
+    from producer_view import fig_producer_view
     from redis_bench import fig_redis
     from sched_bench import fig_schedules
 
-    FIGURES.update(cron=fig_cron, schedules=fig_schedules, redis=fig_redis)
+    FIGURES.update(cron=fig_cron, schedules=fig_schedules, redis=fig_redis,
+                   producer_view=fig_producer_view)
     FIGURES["async"] = fig_async
 
 

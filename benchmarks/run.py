@@ -39,23 +39,26 @@ MODES = {
                   mem=20_000, reopen=10_000, reopen_repeats=1, burst=5000,
                   late=[(0.1, 20, 0.5), (1.0, 5, 1.0)], peers=100, repeats=1,
                   cron_calls=2000, sched_count=300, sched_history=3,
-                  async_tasks=300, async_thread_tasks=20, async_latency=20),
+                  async_tasks=300, async_thread_tasks=20, async_latency=20,
+                  view_pending=2000, view_repeats=1),
     "quick": dict(n=100_000, n_sync=4000, naive_sizes=[1000, 10_000], naive_adds=200,
                   tick_sizes=[10_000, 100_000, 1_000_000], tick_count=3600,
                   naive_poll_max=100_000, mem=1_000_000, reopen=100_000, reopen_repeats=5,
                   burst=100_000, late=[(0.1, 300, 3.0), (1.0, 100, 5.0)], peers=2000,
                   repeats=5, cron_calls=20_000, sched_count=10_000, sched_history=5,
-                  async_tasks=10_000, async_thread_tasks=400, async_latency=200),
+                  async_tasks=10_000, async_thread_tasks=400, async_latency=200,
+                  view_pending=100_000, view_repeats=3),
     "full": dict(n=1_000_000, n_sync=10_000, naive_sizes=[1000, 10_000, 100_000],
                  naive_adds=200, tick_sizes=[10_000, 100_000, 1_000_000], tick_count=3600,
                  naive_poll_max=1_000_000, mem=1_000_000, reopen=1_000_000, reopen_repeats=3,
                  burst=100_000, late=[(0.1, 2000, 20.0), (1.0, 1000, 60.0)], peers=20_000,
                  repeats=5, cron_calls=20_000, sched_count=10_000, sched_history=20,
-                 async_tasks=10_000, async_thread_tasks=10_000, async_latency=1000),
+                 async_tasks=10_000, async_thread_tasks=10_000, async_latency=1000,
+                 view_pending=300_000, view_repeats=3),
 }
 
 ORDER = ["delay", "naive", "tick", "memory", "memory_rss", "reopen", "burst", "lateness", "peers",
-         "cron", "schedules", "async", "redis"]
+         "cron", "schedules", "async", "redis", "producer_view"]
 TIMEOUT = {"smoke": 300, "quick": 1800, "full": 7200}
 
 

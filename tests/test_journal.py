@@ -1097,3 +1097,43 @@ def test_compaction_waits_for_an_fsync_in_flight_before_closing_the_old_file(jou
     assert errors == []
     assert len(wheel.pending()) == 1
     assert wheel.stop(timeout=WAIT)
+
+
+def test_a_producer_waiting_out_an_owners_torn_line_writes_to_the_file_that_replaced_it(tmp_path):
+    """A producer finds the owner's line half-written (the owner lock held: the owner lives),
+    and while it waits the owner finishes and compacts: the producer's line goes into the new
+    file, through a descriptor it opened there, not the one it had before."""
+    path = str(tmp_path / "tasks.json")
+    create_journal(path)
+    producer = wheelq.Wheel(path)
+    job = producer.task(name="job")(lambda i: None)
+    job.delay(0, count_down=60)  # the producer's journal is open
+    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the owner runs
+    with open(path, "a") as f:
+        f.write('{"op":"done","ids":["x')  # the owner's line, half-written
+    whole = open(path).read().rsplit("\n", 1)[0] + "\n"
+    done, errors = threading.Event(), []
+
+    def add():
+        try:
+            job.delay(1, count_down=60)
+        except Exception as exc:  # pragma: no cover - the failure this test looks for
+            errors.append(exc)
+        done.set()
+
+    t = threading.Thread(target=add)
+    t.start()
+    assert not done.wait(0.3), "delay() went past an owner's torn line"
+    tmp = path + ".new"  # the owner compacts: a new file, renamed over the old one
+    with open(tmp, "w") as f:
+        f.write(whole)
+    os.rename(tmp, path)
+    assert done.wait(10), "delay() never came back"
+    t.join(10)
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    os.close(lock)
+    producer.stop()
+    assert errors == []
+    lines = [json.loads(ln) for ln in open(path).read().splitlines()[1:]]
+    assert [ln["args"] for ln in lines if ln.get("op") == "add"] == [[0], [1]]
