@@ -3259,7 +3259,7 @@ class _FileStore:
             ident = (fst.st_dev, fst.st_ino)
             last = self._found
             if last is not None and last[0] == needles and last[1] == ident and fst.st_size >= last[2]:
-                _, _, offset, lineno, found = last
+                offset, lineno, found = last[2], last[3], list(last[4])  # (threads may share it)
             else:
                 offset, lineno, found = 0, 0, []
             carry = b""
@@ -3288,7 +3288,7 @@ class _FileStore:
                 lineno += chunk.count(b"\n")
             offset -= len(carry)  # a line still being written: read it next time
             self._found = (needles, ident, offset, lineno, found)
-            return list(found)
+            return found
         finally:
             os.close(fd)
 

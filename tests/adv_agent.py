@@ -225,8 +225,10 @@ def _owner(a) -> int:
         _big_kill(record, a.journal, a.big_kill)
     if a.exit_after:
         def exiter():
+            # stop(), not a SIGTERM: a task that is due at start runs before run_forever()
+            # has put its signal handlers in place, and the signal would kill the process.
             if done["event"].wait(30):
-                os.kill(os.getpid(), signal.SIGTERM)
+                wheel.stop()
         threading.Thread(target=exiter, daemon=True).start()
     wheel.run_forever()
     stop.set()

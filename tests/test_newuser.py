@@ -26,22 +26,11 @@ import pytest
 
 import wheelq
 from conftest import WAIT, python_env, run_python
+from test_cli import ok as wq_ok
+from test_cli import wq
 
 
-# -- helpers: the command line as a subprocess ----------------------------------------------
-
-
-def wq(*args, cwd=None, env=None, timeout=60) -> subprocess.CompletedProcess:
-    """``python -m wheelq ARGS...``, its output captured."""
-    return subprocess.run([sys.executable, "-m", "wheelq", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env or python_env(), cwd=cwd)
-
-
-def wq_ok(*args, **kw) -> subprocess.CompletedProcess:
-    r = wq(*args, **kw)
-    assert r.returncode == 0, "wheelq %s exited %d\nstdout: %s\nstderr: %s" % (
-        " ".join(map(str, args)), r.returncode, r.stdout, r.stderr)
-    return r
+# -- helpers: children whose output is read with timeouts ----------------------------------------
 
 
 def _sigint_as_in_a_terminal() -> None:
