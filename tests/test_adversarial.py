@@ -894,7 +894,8 @@ def test_f09_two_thousand_retries_with_backoff_two_never_overflow(journal, clock
     task goes on to its last try and becomes a dead letter."""
     with open(journal, "wb") as f:
         f.write(b'{"wheelq": 1}\n')
-        f.write(add_line("f9", "adv.always_fails", clock.time(), producer=False, tries=1998))
+        # due a second from now: nothing runs before the test moves the clock
+        f.write(add_line("f9", "adv.always_fails", clock.time() + 1, producer=False, tries=1998))
     ran = []
     w = make_wheel(journal, workers=1)
     w.task(name="adv.always_fails", retries=2000, retry_delay=1.0, retry_backoff=2.0)(_always_fails)
