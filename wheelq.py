@@ -121,9 +121,10 @@ Decisions the design contract leaves open
   logs a warning when it is more than an hour past, or more than a minute
   past while read as UTC it is not: that is ``datetime.utcnow()`` east of
   Greenwich, whatever the offset (Berlin's is one hour in winter).
-* Task arguments, results and run ids nest at most 100 levels deep:
-  ``delay()`` refuses deeper values, which the journal's readers could not
-  decode.  ``task_id`` and task names may not hold control characters, and
+* Task arguments, results and run ids nest at most 100 levels deep (the
+  args list is one): ``delay()`` refuses deeper values, a deeper result is
+  not kept, and the journal's readers refuse a deeper line, on every Python
+  alike (how deep the JSON parser itself goes differs between them).  ``task_id`` and task names may not hold control characters, and
   the command line and the logs escape the ones journal text holds.
 """
 
@@ -1512,9 +1513,9 @@ def _depth(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
         v, d = stack.pop()
-        if v.__class__ in (list, tuple):
+        if isinstance(v, (list, tuple)):
             items = v
-        elif v.__class__ is dict:
+        elif isinstance(v, dict):
             items = v.values()
         else:
             continue
@@ -1522,6 +1523,19 @@ def _depth(value: Any, limit: int) -> bool:
             return True
         stack.extend((x, d + 1) for x in items)
     return False
+
+
+def _too_deep_text(text: str, value: Any) -> bool:
+    """True if the record ``value``, ``text`` in JSON, nests deeper than a record may.
+
+    A record is one level, so its args, kwargs and result may nest
+    ``_MAX_DEPTH`` levels.  Nesting n levels takes 2n brackets, so short
+    text and text with few brackets are answered without looking at
+    ``value``: the check costs the lines people write nothing.
+    """
+    limit = _MAX_DEPTH + 1
+    return len(text) > 2 * limit and text.count("[") + text.count("{") > limit \
+        and _depth(value, limit)
 
 
 def _not_json(value: Any) -> Any:
@@ -1542,6 +1556,8 @@ def _line(record: dict) -> bytes:
                         "list, dict): %s" % exc) from None
     except RecursionError:
         raise _too_deep("task arguments or results") from None
+    if _too_deep_text(text, record):  # the same limit on every Python, whatever its stack
+        raise _too_deep("task arguments or results")
     return (text + "\n").encode("utf-8")
 
 
@@ -1658,15 +1674,18 @@ def _read_rows(chunk: str) -> list:
     A row is a ``_Rec`` for a plain add, the 1-tuple of its id for a plain
     done, and otherwise the line's JSON value (which ``_Table.apply_rows``
     checks).  Fewer rows than lines means the next line is not one JSON
-    value.  The fast rows are exactly what the JSON parser and ``add`` or
+    value nesting at most as deep as ``_line`` writes.  The fast rows are exactly what the JSON parser and ``add`` or
     ``done`` would make of the same line (tests check this).
     """
     rows: list = []
     append, scan, intern, lines = rows.append, _scan_json, sys.intern, None
     rec_of, inf, no_kwargs, plain = _Rec, _INF, _NO_KWARGS, len(_NO_KWARGS)
+    short = 2 * _MAX_DEPTH  # a tail this short cannot nest its args more than the limit
     for tid, name, due, tail, done, other in _ROW.findall(chunk):
         if tail:  # '[args],"kwargs":{kwargs}'
             try:
+                if len(tail) >= short and tail.count("[") + tail.count("{") > _MAX_DEPTH:
+                    raise ValueError("maybe too deep: the JSON path checks")
                 args, stop = scan(tail, 0)
                 due = float(due)
                 if stop + plain == len(tail) and tail.endswith(no_kwargs):
@@ -1705,6 +1724,8 @@ def _read_rows(chunk: str) -> list:
                 value = json.loads(other)  # white space around one value, or not JSON at all
             except _BAD_JSON:
                 return rows
+        if _too_deep_text(other, value):  # as deep as no writer writes: not a record here
+            return rows
         append(value)
     return rows
 
@@ -2240,8 +2261,7 @@ class _Table:
                 j = len(rows)
                 n = before + j + 1
                 raw = _raw(chunk, j, raws, n - lineno - 1)
-                on_bad(n, "unreadable JSON (not UTF-8)" if raws and (n - lineno - 1) in raws
-                       else "unreadable JSON", raw, stop == end and j == count - 1)
+                on_bad(n, _unreadable(raw), raw, stop == end and j == count - 1)
                 skip = 0
                 for _ in range(j + 1):  # go on after line j
                     skip = chunk.index("\n", skip) + 1
@@ -2379,6 +2399,19 @@ def _raw(chunk: str, j: int, raws: dict | None, index: int) -> bytes:
     if raws and index in raws:
         return raws[index]
     return chunk.split("\n", j + 1)[j].encode("utf-8")
+
+
+def _unreadable(raw: bytes) -> str:
+    """Why ``_read_rows`` refused the line ``raw``, for messages (bad lines only: it parses again)."""
+    try:
+        json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "unreadable JSON (not UTF-8)"
+    except RecursionError:
+        return "nested more than %d levels deep" % _MAX_DEPTH
+    except ValueError:
+        return "unreadable JSON"
+    return "nested more than %d levels deep" % _MAX_DEPTH  # JSON, but deeper than any writer
 
 
 def _by_due(rec: _Rec) -> float:

@@ -588,6 +588,69 @@ def _nested(depth):
     return value
 
 
+def test_f05_one_nesting_limit_for_every_writer_and_reader_on_every_python(journal, clock, make_wheel,
+                                                                         caplog):
+    """Arguments and results nest at most 100 levels (the args list is one), on every Python.
+
+    The limit does not come from the parser's recursion limit, which differs
+    between Pythons (3.13 reads 5,000 levels, 3.11 refuses 1,500) and with
+    the depth of the caller's stack: a journal one Python wrote is one every
+    other reads, and compaction never meets a record it cannot write.
+    """
+    caplog.set_level(logging.WARNING, logger="wheelq")
+    ran = []
+    owner = make_wheel(journal, workers=1)
+    t = owner.task(name="adv.t")(lambda *a, **k: ran.append(a or k))
+    deep_result = owner.task(name="adv.deep", result_ttl=60, retries=0)(lambda: _nested(101))
+    kept_result = owner.task(name="adv.kept", result_ttl=60, retries=0)(lambda: _nested(100))
+    owner.start()
+    producer = make_wheel(journal)
+    pt = producer.task(name="adv.t")(lambda *a, **k: None)
+    size = os.path.getsize(journal)
+    for task in (t, pt):
+        for value in (_nested(100), _nested(5000)):
+            with pytest.raises(TypeError, match="nest more than 100 levels"):
+                task.delay(value)
+            with pytest.raises(TypeError, match="nest more than 100 levels"):
+                task.delay(x=value)
+            with pytest.raises(TypeError, match="nest more than 100 levels"):
+                task.delay([value], task_id="with-an-id")  # not the fast path
+    assert os.path.getsize(journal) == size
+    t.delay(_nested(99))
+    pt.delay(x=_nested(98))
+    # Hand-written lines one level too deep, and far too deep, are refused by the reader.
+    now = clock.time()
+    bad = [b'{"p":1,"op":"add","id":"deep-%d","task":"adv.t","due":%r,"args":[%s"x"%s],"kwargs":{}}\n'
+           % (n, now, b"[" * n, b"]" * n) for n in (100, 5000)]
+    first = append_as_a_producer(journal, b"".join(bad))
+    failed = deep_result.delay()
+    kept = kept_result.delay()
+    clock.advance(1)
+    assert owner.join(timeout=WAIT)
+    assert sorted(map(repr, ran)) == sorted([repr((_nested(99),)), repr({"x": _nested(98)})])
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for n in (first, first + 1):
+        assert any(("line %d" % n) in m and "nested more than 100 levels deep" in m for m in warned), \
+            "no WARNING names line %d and why: %s" % (n, warned)
+    # A result too deep to keep is not kept (the task is done), and the log says why.
+    assert failed.status() == "done"
+    with pytest.raises(wheelq.ResultUnavailable):
+        failed.result(timeout=WAIT)
+    assert any("nest more than 100 levels" in m and "adv.deep" in m for m in warned)
+    assert kept.result(timeout=WAIT) == _nested(100)
+    owner.compact()
+    assert owner.stop(timeout=WAIT)
+    again = make_wheel(journal)
+    again.start()
+    assert again.get(kept.id).result == _nested(100)  # read back after compaction
+    assert again.stop(timeout=WAIT)
+    rows = wheelq._read_rows("".join(
+        '{"op":"add","id":"a","task":"t","due":1.0,"args":%s,"kwargs":{}}\n' % ("[" * n + "]" * n)
+        for n in (100, 101)))
+    assert len(rows) == 1  # the 100-level line is read, the next is not
+    assert (rows[0]["id"] if isinstance(rows[0], dict) else rows[0].id) == "a"
+
+
 def test_f05_bad_lines_are_skipped_and_the_good_ones_after_them_run(journal, clock, make_wheel, caplog,
                                                                     tmp_path):
     caplog.set_level(logging.WARNING, logger="wheelq")

@@ -158,7 +158,8 @@ def read_record(path) -> list:
     except FileNotFoundError:
         return []
     out = []
-    for line in text.splitlines():
+    # A job may be writing its line as we read: only whole lines count.
+    for line in text.split("\n")[:-1]:
         what, key, due, at = line.split(" ")
         out.append((what, key, float(due), float(at)))
     return out
