@@ -124,8 +124,9 @@ Decisions the design contract leaves open
 * Task arguments, results and run ids nest at most 100 levels deep (the
   args list is one): ``delay()`` refuses deeper values, a deeper result is
   not kept, and the journal's readers refuse a deeper line, on every Python
-  alike (how deep the JSON parser itself goes differs between them).  ``task_id`` and task names may not hold control characters, and
-  the command line and the logs escape the ones journal text holds.
+  alike (how deep the JSON parser itself goes differs between them).
+  ``task_id`` and task names may not hold control characters, and the
+  command line and the logs escape the ones journal text holds.
 """
 
 from __future__ import annotations
@@ -911,13 +912,16 @@ _ISO_UTC = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):(
                       r"(?:\.([0-9]+))?Z\Z")
 
 
+_from_iso = datetime.fromisoformat
+
+
 def _parse_iso_utc(text: str) -> float:
     """The epoch seconds of a ``_iso_utc`` text (exact inverse)."""
     m = _ISO_UTC.match(text) if isinstance(text, str) else None
     if m is None:
         raise ValueError("%r is not a UTC time of the form 2026-12-04T10:05:00Z" % (text,))
     try:
-        d = datetime(*(int(g) for g in m.groups()[:6]))
+        d = _from_iso(text[:19])  # the shape is checked; only a value can be out of range
     except ValueError as exc:
         raise ValueError("%r is not a valid UTC time: %s" % (text, exc)) from None
     whole = (d.toordinal() - _ORD_1970) * 86400 + d.hour * 3600 + d.minute * 60 + d.second
@@ -1649,7 +1653,8 @@ def _done_line(tid: str) -> bytes:
 
 
 # The lines written most, read without the JSON parser: an add (an owner's or
-# a producer's) with nothing but its five fields, and a plain done.  A JSON
+# a producer's) with nothing but its five fields, a plain done, and a done with
+# nothing but its schedule (compaction's record of a schedule's cursor).  A JSON
 # string here has no escapes and no control characters, and a number is JSON's,
 # so each part means what it means to a JSON parser.  An add's args and kwargs
 # are left to the JSON scanner: one group with one place to end, so a line costs
@@ -1660,7 +1665,7 @@ _ROW = re.compile(
     r'(?:\{"p":1,|\{)"op":"add","id":%s,"task":%s,'
     r'"due":(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?),'
     r'"args":(\[[^\n]*)\}\n'
-    r'|\{"op":"done","id":"([^"\\\x00-\x1f]+)"\}\n'
+    r'|\{"op":"done","id":"([^"\\\x00-\x1f]+)"(?:,"sched":"([^"\\\x00-\x1f]+)")?\}\n'
     r'|([^\n]*)\n' % (_STR, _STR))
 _NO_KWARGS = ',"kwargs":{}'
 _SCHED_TAIL = re.compile(r',"sched":%s,"spec":%s,"tz":%s\Z' % (_STR, _STR, _STR))  # a run of a schedule
@@ -1674,14 +1679,15 @@ def _read_rows(chunk: str) -> list:
     A row is a ``_Rec`` for a plain add, the 1-tuple of its id for a plain
     done, and otherwise the line's JSON value (which ``_Table.apply_rows``
     checks).  Fewer rows than lines means the next line is not one JSON
-    value nesting at most as deep as ``_line`` writes.  The fast rows are exactly what the JSON parser and ``add`` or
-    ``done`` would make of the same line (tests check this).
+    value, or one nested deeper than ``_line`` writes.  The fast rows are
+    exactly what the JSON parser and ``add`` or ``done`` would make of the
+    same line (tests check this).
     """
     rows: list = []
     append, scan, intern, lines = rows.append, _scan_json, sys.intern, None
     rec_of, inf, no_kwargs, plain = _Rec, _INF, _NO_KWARGS, len(_NO_KWARGS)
     short = 2 * _MAX_DEPTH  # a tail this short cannot nest its args more than the limit
-    for tid, name, due, tail, done, other in _ROW.findall(chunk):
+    for tid, name, due, tail, done, sched, other in _ROW.findall(chunk):
         if tail:  # '[args],"kwargs":{kwargs}'
             try:
                 if len(tail) >= short and tail.count("[") + tail.count("{") > _MAX_DEPTH:
@@ -1713,7 +1719,7 @@ def _read_rows(chunk: str) -> list:
                 lines = chunk.split("\n")
             other = lines[len(rows)]
         elif done:
-            append((done,))
+            append((done, sched) if sched else (done,))
             continue
         try:
             value, stop = scan(other, 0)
@@ -1911,40 +1917,21 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Cursor:
-    """What the journal says of one schedule: its latest run, its last finished one, a pause.
+    """What the journal says of one schedule: its latest run, its last finished one, a pause."""
 
-    The latest run's nominal time is kept as the text of its id (``at``):
-    times of the one format compare as text, and a replay of a long history
-    then parses none of them; ``cursor`` reads it as epoch seconds.
-    """
-
-    __slots__ = ("at", "_cursor", "last", "run", "paused", "spec", "tz")
+    __slots__ = ("cursor", "last", "run", "paused", "spec", "tz")
 
     def __init__(self):
-        self.at = None  # the nominal time of its latest run in the journal, as its id spells it
-        self._cursor = None
+        self.cursor = None  # the nominal time of its latest run in the journal
         self.last = None  # the nominal time of its latest finished run
         self.run = None  # the id of its live run, if any
         self.paused = False
         self.spec = self.tz = None  # of its latest run (or pause): what the journal knows of it
 
-    @property
-    def cursor(self) -> float | None:
-        if self._cursor is None and self.at is not None:
-            self._cursor = _parse_iso_utc(self.at)
-        return self._cursor
-
-    @cursor.setter
-    def cursor(self, value: float | None) -> None:
-        self._cursor = value
-        self.at = None if value is None else _iso_utc(value)
-
-    def note(self, at: str) -> None:
-        """A run at ``at`` (an id's time) is in the journal: the cursor, if it is the latest."""
-        mine = self.at
-        if mine is None or (at > mine if len(at) == len(mine) == 20
-                            else _parse_iso_utc(at) > self.cursor):  # (20: whole seconds)
-            self.at, self._cursor = at, None
+    def note(self, nominal: float) -> None:
+        """A run at ``nominal`` is in the journal: the cursor, if it is the latest."""
+        if self.cursor is None or nominal > self.cursor:
+            self.cursor = nominal
 
 
 def _nominal(tid: str) -> float | None:
@@ -2078,11 +2065,9 @@ class _Table:
         cur = self.cursors.get(rec.sched[0])
         if cur is None:
             cur = self.cursors[rec.sched[0]] = _Cursor()
-        at = rec.id.rpartition("@")[2]
-        try:
-            cur.note(at)
-        except ValueError:
-            pass  # not a run's id: no time in it
+        nominal = _nominal(rec.id)
+        if nominal is not None:  # (else not a run's id: no time in it)
+            cur.note(nominal)
         cur.run = rec.id
         cur.spec, cur.tz = rec.sched[1], rec.sched[2]
 
@@ -2101,15 +2086,18 @@ class _Table:
             began.append(rec)
         return began
 
-    def done(self, id: str, result: Any = None, expires: float | None = None,
-             error: str | None = None, sched: str | None = None, last: float | None = None) -> None:
+    def done(self, id: str, sched: str | None = None, result: Any = None,
+             expires: float | None = None, error: str | None = None,
+             last: float | None = None) -> None:
         rec = self.tasks.get(id)
         if rec is None:
             if sched is not None:  # compaction's record of a schedule's cursor
-                cur = self.cursors.setdefault(sched, _Cursor())
                 nominal = _nominal(id)
                 if nominal is not None:
-                    cur.cursor = nominal if cur.cursor is None else max(cur.cursor, nominal)
+                    cur = self.cursors.get(sched)
+                    if cur is None:
+                        cur = self.cursors[sched] = _Cursor()
+                    cur.note(nominal)
                     last = nominal if last is None else last
                     cur.last = last if cur.last is None else max(cur.last, last)
             return
@@ -2225,7 +2213,7 @@ class _Table:
                 if cls is _Rec:
                     add(row)
                 elif cls is tuple:
-                    done(row[0])
+                    done(*row)
                 else:
                     apply(row)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
@@ -5643,6 +5631,7 @@ class Wheel:
                 self._state = "closed"
                 self._idle.notify_all()
             self._closed.set()
+            _gc_debt[0] += 1
         self._wake_waiters()
 
     def _running_now(self) -> list:
@@ -5822,6 +5811,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_gc_debt = [0]  # wheels closed in this process since a replay last collected garbage
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Any:
     """Pause the cyclic garbage collector around a replay, turning it back on if it was on.
@@ -5832,10 +5824,13 @@ def _gc_paused() -> Any:
     import gc
 
     was = gc.isenabled()
-    if was:
+    if was and _gc_debt[0]:
         # A paused collector does not count the replay's objects toward its next
         # collections, so the garbage of wheels stopped before (cycles, freed only by
-        # a full collection) would wait ten replays or more: collect it now.
+        # a full collection) would wait ten replays or more: collect it now.  (A
+        # process's first replay has none to free, and a full collection walks every
+        # object the application made: skipped then.)
+        _gc_debt[0] = 0
         gc.collect()
     gc.disable()
     try:

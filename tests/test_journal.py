@@ -592,6 +592,12 @@ _replayed = st.lists(st.one_of(
               st.sampled_from([{}, {"a": 1}])),
     st.builds(lambda i: {"op": "done", "id": i}, _tid),
     st.builds(lambda i: {"op": "done", "id": i, "p": 1}, _tid),
+    # compaction's record of a schedule's cursor (and of its last finished run)
+    st.builds(lambda i, n: {"op": "done", "id": "s@%s" % i, "sched": n},
+              st.sampled_from(["2026-12-04T10:04:00Z", "2026-12-04T10:05:00Z", "2026-12-04T10:05:00.5Z",
+                               "x"]), st.sampled_from(["s", "t"])),
+    st.builds(lambda i, l: {"op": "done", "id": "s@%s" % i, "sched": "s", "last": l},
+              st.sampled_from(["2026-12-04T10:05:00Z", "x"]), _due),
     st.builds(lambda i: {"op": "cancel", "id": i}, _tid),
     st.builds(lambda i, d: {"op": "retry", "id": i, "due": d, "tries": 1, "error": "e"}, _tid, _due),
     st.builds(lambda i: {"op": "fail", "id": i, "tries": 3, "error": "e"}, _tid),
@@ -603,7 +609,9 @@ _replayed = st.lists(st.one_of(
 def _replayed_state(table):
     tasks = {tid: (r.name, r.args, r.kwargs, r.due, r.tries, r.error, r.sched, table.state(r))
              for tid, r in table.tasks.items()}
-    return list(table.tasks), tasks, list(table.finished.items())
+    cursors = {name: (c.cursor, c.last, c.run, c.paused, c.spec, c.tz)
+               for name, c in table.cursors.items()}
+    return list(table.tasks), tasks, list(table.finished.items()), cursors
 
 
 def _spelled(o, how):
@@ -626,6 +634,8 @@ _odd = st.one_of(
                        max_size=3),
               st.just({}) | st.dictionaries(_odd_text, st.integers() | _odd_text, max_size=2)),
     st.builds(lambda i: {"op": "done", "id": i}, _tid | _odd_text),
+    st.builds(lambda i, n: {"op": "done", "id": i, "sched": n}, _tid | _odd_text,
+              _odd_text | st.integers() | st.none()),
 )
 _junk = st.sampled_from(["", "{", "[1]", '"done"', "null", '{"op":"add"}', "1 2", " ", "\r",
                          '{"op":"done","id":"a"} x', '{"op":"done","id":"a"}  ', "\x00",
@@ -703,9 +713,11 @@ def test_replay_reads_the_lines_it_knows_without_the_json_parser():
              wheelq._add_line(wheelq._PRODUCER_ADD, "b", part, "job", 6.0, (), {"k": [1]}),
              b'{"op":"done","id":"a"}\n',
              wheelq._line({"op": "add", "id": "s@2026-12-04T10:05:00Z", "task": "job", "due": 7.0,
-                           "args": [], "kwargs": {}, "sched": "s", "spec": "every 60", "tz": "UTC"})]
+                           "args": [], "kwargs": {}, "sched": "s", "spec": "every 60", "tz": "UTC"}),
+             wheelq._line({"op": "done", "id": "s@2026-12-04T10:04:00Z", "sched": "s"})]
     rows = wheelq._read_rows(b"".join(lines).decode())
-    assert [r.__class__ for r in rows] == [wheelq._Rec, wheelq._Rec, tuple, wheelq._Rec]
+    assert [r.__class__ for r in rows] == [wheelq._Rec, wheelq._Rec, tuple, wheelq._Rec, tuple]
+    assert rows[4] == ("s@2026-12-04T10:04:00Z", "s")  # a schedule's cursor, as compaction keeps it
     assert rows[3].sched == ("s", "every 60", "UTC")
     assert (rows[0].id, rows[0].args, rows[0].due) == ("a", [1, "x"], 5.0)
     assert (rows[1].id, rows[1].kwargs) == ("b", {"k": [1]})

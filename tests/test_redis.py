@@ -472,9 +472,8 @@ def test_a_task_due_in_two_days_by_manual_clock_is_neither_redelivered_nor_expir
 
 def _fill(url, clock, wheels, pending=30, done=40):
     w = wheels(url, clock=clock)
-    w.task(name="job")(lambda key, due: None)
+    job = w.task(name="job")(lambda key, due: None)
     w.start()
-    job = w._registry["job"]
     for i in range(done):
         job.delay("d%d" % i, 0.0)
     for i in range(pending):
@@ -646,7 +645,8 @@ def test_keys_that_are_not_a_wheelq_queue_are_refused_and_left_alone(server, whe
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_is_a_producer_with_its_own_connection(server, wheels, tmp_path):
     url = queue_url(server)
-    owner = wheels(url, clock=wheelq.ManualClock())
+    clock = wheelq.ManualClock()
+    owner = wheels(url, clock=clock)
     job = owner.task(name="job")(lambda i: None)
     owner.start()
     job.delay(1, count_down=100)
@@ -660,7 +660,7 @@ def test_a_forked_child_is_a_producer_with_its_own_connection(server, wheels, tm
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
-    owner._clock.advance(0)
+    clock.advance(0)
     wait_until(lambda: sorted(t.args[0] for t in owner.pending()) == [1, 2], WAIT,
                "the owner to take in the child's task")
 

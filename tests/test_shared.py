@@ -371,9 +371,9 @@ def test_async_tasks_adelay_and_aresult(store_url, wheels, clock):
 def test_a_stopped_owner_leaves_its_tasks_pending_and_a_new_owner_runs_them(store_url, wheels,
                                                                             clock):
     first = wheels(store_url)
-    first.task(name="j")(lambda x: None)
+    j = first.task(name="j")(lambda x: None)
     first.start()
-    handles = [first._registry["j"].delay(i, count_down=10 + i) for i in range(5)]
+    handles = [j.delay(i, count_down=10 + i) for i in range(5)]
     _stop(first)
     ran = []
     second = wheels(store_url)
