@@ -1987,6 +1987,13 @@ class _Table:
             return FAILED
         return PENDING
 
+    def unplaced(self) -> list:
+        """The pending tasks that no ring holds (after a replay, every pending one)."""
+        elsewhere = (self.queued, self.running, self.failed)
+        if not any(elsewhere):  # the common case: a million pending, and no state to ask
+            return [rec for rec in self.tasks.values() if rec.at is None]
+        return [rec for rec in self.tasks.values() if self.state(rec) == PENDING and rec.at is None]
+
     def status(self, tid: str) -> str:
         rec = self.tasks.get(tid)
         if rec is not None:
@@ -2400,6 +2407,9 @@ def _unreadable(raw: bytes) -> str:
     except ValueError:
         return "unreadable JSON"
     return "nested more than %d levels deep" % _MAX_DEPTH  # JSON, but deeper than any writer
+
+
+_name_of = operator.attrgetter("name")
 
 
 def _by_due(rec: _Rec) -> float:
@@ -5412,8 +5422,7 @@ class Wheel:
             store.load(read)
             table.ring = _Ring(self._nslots, self._tick_floor(self._now()) - 1)
             table.tick_of = self._tick_ceil
-            table.ring.fill([r for r in table.tasks.values() if table.state(r) == PENDING],
-                            self._tick_ceil)
+            table.ring.fill(table.unplaced(), self._tick_ceil)
             table.counting = True
             self._table = table
             self._role = _OWNER
@@ -5423,10 +5432,8 @@ class Wheel:
             self._plan(list(self._schedules), self._now())
         with self._lock:
             counts = table.counts()
-            unknown: dict = {}
-            for rec in table.tasks.values():
-                if rec.name not in self._registry:
-                    unknown[rec.name] = unknown.get(rec.name, 0) + 1
+            names = collections.Counter(map(_name_of, table.tasks.values()))  # (at C speed)
+        unknown = {name: n for name, n in names.items() if name not in self._registry}
         if quiet:
             return
         logger.info("journal %s: owner (pid %d), %d pending, %d dead letters", self._name,
