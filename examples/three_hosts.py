@@ -44,16 +44,22 @@ ORDERS = 10
 LEASE = 1.0  # seconds; the default is 10
 
 
-def build(url: str, role: str) -> wheelq.Wheel:
+def say(text: str) -> None:
+    """One whole line on stdout (one write: a worker's line never splits another's)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def build(url: str, role: str) -> tuple:
     """The same wheel and task on every host: the task name is what links them."""
     wheel = wheelq.Wheel("%s?queue=three_hosts&lease=%g" % (url, LEASE), tick=0.1)
 
     @wheel.task(name="shop.close_unpaid_order")
     def close_unpaid_order(order_id):
         # Idempotent: closing an order that is closed already changes nothing.
-        print("%s (pid %d): closed order %d" % (role, os.getpid(), order_id), flush=True)
+        say("%s (pid %d): closed order %d" % (role, os.getpid(), order_id))
 
-    return wheel
+    return wheel, close_unpaid_order
 
 
 # -- the three roles, each in a process of its own -------------------------------------------
@@ -61,24 +67,23 @@ def build(url: str, role: str) -> wheelq.Wheel:
 
 def owner(url: str, standby: bool) -> None:
     role = "standby" if standby else "owner"
-    wheel = build(url, role)
+    wheel, _ = build(url, role)
     wheel.start(standby=standby)
-    print("%s (pid %d): %s" % (role, os.getpid(), "waiting for the lease" if standby else
-                               "owns the queue"), flush=True)
+    say("%s (pid %d): %s" % (role, os.getpid(), "waiting for the lease" if standby else
+                             "owns the queue"))
     if standby:
         while not wheel.is_owner:
             time.sleep(0.01)
-        print("standby (pid %d): took over as owner" % os.getpid(), flush=True)
+        say("standby (pid %d): took over as owner" % os.getpid())
     wheel.run_forever()  # until SIGTERM (or SIGKILL)
 
 
 def producer(url: str) -> None:
-    wheel = build(url, "producer")
-    close = wheel._registry["shop.close_unpaid_order"]
+    wheel, close = build(url, "producer")
     for order_id in range(1, ORDERS + 1):
         close.delay(order_id, count_down=0.3 + order_id * 0.25)
-    print("producer (pid %d): added %d orders, each closed in 0.5-2.8 s unless paid"
-          % (os.getpid(), ORDERS), flush=True)
+    say("producer (pid %d): added %d orders, each closed in 0.5-2.8 s unless paid"
+        % (os.getpid(), ORDERS))
     wheel.stop()
 
 
@@ -127,7 +132,7 @@ class Host:
 
     def _relay(self) -> None:
         for line in self.proc.stdout:
-            print("  " + line.rstrip(), flush=True)
+            say("  " + line.rstrip())
             if "closed order" in line:
                 self.closed.add(int(line.rsplit(" ", 1)[1]))
             self.lines.put(line)
