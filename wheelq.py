@@ -5827,6 +5827,11 @@ def _gc_paused() -> Any:
 
     A replay builds a few objects a line and keeps them all, so collecting
     meanwhile would walk the growing heap again and again and free nothing.
+    After it, what it built goes to the oldest generation at once (freeze,
+    then unfreeze: two list splices): left young, the first collection would
+    walk every record, and walk them again as they aged.  Nothing stays
+    frozen, so a garbage cycle is still freed; objects the application froze
+    itself are left as they are (and the replay's stay young then).
     """
     import gc
 
@@ -5843,6 +5848,9 @@ def _gc_paused() -> Any:
     try:
         yield
     finally:
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
         if was:
             gc.enable()
 

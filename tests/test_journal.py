@@ -573,6 +573,38 @@ def test_replay_leaves_the_collector_as_it_found_it(journal, clock):
         assert again.stop(timeout=WAIT)
 
 
+def test_replay_puts_what_it_read_in_the_oldest_generation_without_freezing_anything(journal, clock):
+    # A replay keeps all it reads; left in the young generation, the first collection
+    # after it would walk every record (then twice more as they age).  They go to the
+    # oldest generation at once, and nothing stays frozen: garbage cycles are freed.
+    import weakref
+
+    again = _replayed_owner(journal, clock, 3000)
+
+    class Cycle:
+        pass
+
+    before = Cycle()
+    before.me = before
+    freed = []
+    weakref.finalize(before, freed.append, "before")
+    del before
+    gc.collect(0)  # it has aged once, as an application's objects do
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    again.start()
+    try:
+        assert gc.get_freeze_count() == 0
+        young = {id(o) for o in gc.get_objects(generation=0) + gc.get_objects(generation=1)}
+        recs = [r for r in again._table.tasks.values()]
+        assert len(recs) == 3000
+        assert not [r for r in recs if id(r) in young]
+        assert sum(1 for o in gc.get_objects(generation=2) if type(o) is wheelq._Rec) >= 3000
+        gc.collect()
+        assert freed == ["before"]  # the cycle made before the replay is still collected
+    finally:
+        assert again.stop(timeout=WAIT)
+
+
 _tid = st.sampled_from(["a", "b", "c"])
 _due = st.floats(0, 1e9, allow_nan=False)
 _replayed = st.lists(st.one_of(
