@@ -2212,13 +2212,20 @@ class _Table:
     def apply_rows(self, rows: list, first: int = 0) -> None:
         """Apply ``rows`` of ``_read_rows`` from index ``first``; ``_BadRecord`` names a bad one."""
         add, done, apply = self.add, self.done, self.apply
+        # A replay's many adds: with no ring to place in, ``add`` of a task that is no
+        # schedule's run only keeps the first task of its id, which ``keep`` does
+        # without the call.
+        keep = self.tasks.setdefault if self.ring is None else None
         i = first
         try:
             for i in range(first, len(rows)):
                 row = rows[i]
                 cls = row.__class__
                 if cls is _Rec:
-                    add(row)
+                    if keep is not None and row.body.__class__ is not _Extra:
+                        keep(row.id, row)
+                    else:
+                        add(row)
                 elif cls is tuple:
                     done(*row)
                 else:
