@@ -5834,11 +5834,15 @@ def _gc_paused() -> Any:
 
     A replay builds a few objects a line and keeps them all, so collecting
     meanwhile would walk the growing heap again and again and free nothing.
-    After it, what it built goes to the oldest generation at once (freeze,
-    then unfreeze: two list splices): left young, the first collection would
-    walk every record, and walk them again as they aged.  Nothing stays
-    frozen, so a garbage cycle is still freed; objects the application froze
-    itself are left as they are (and the replay's stay young then).
+    After it, what it built goes to the oldest generation at once: left
+    young, the first collection would walk every record, and walk them again
+    as they aged.  When nothing is frozen, freeze then unfreeze does that as
+    two list splices; when something is (the application froze it, or, on
+    Python 3.12, the interpreter's own immortal tuples), unfreezing would
+    thaw it too, so one young collection does it instead, walking the
+    replay's objects once.  Either way what was frozen stays frozen and
+    nothing else is, so a garbage cycle is still freed.  A collector the
+    application turned off is left off and walks nothing.
     """
     import gc
 
@@ -5855,10 +5859,12 @@ def _gc_paused() -> Any:
     try:
         yield
     finally:
-        if not gc.get_freeze_count():
-            gc.freeze()
-            gc.unfreeze()
         if was:
+            if gc.get_freeze_count():
+                gc.collect(1)
+            else:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

@@ -573,10 +573,13 @@ def test_replay_leaves_the_collector_as_it_found_it(journal, clock):
         assert again.stop(timeout=WAIT)
 
 
-def test_replay_puts_what_it_read_in_the_oldest_generation_without_freezing_anything(journal, clock):
+@pytest.mark.parametrize("frozen_before", [False, True], ids=["nothing-frozen", "app-froze-some"])
+def test_replay_puts_what_it_read_in_the_oldest_generation_and_freezes_nothing(journal, clock, frozen_before):
     # A replay keeps all it reads; left in the young generation, the first collection
     # after it would walk every record (then twice more as they age).  They go to the
-    # oldest generation at once, and nothing stays frozen: garbage cycles are freed.
+    # oldest generation at once; what was frozen before stays frozen (Python 3.12
+    # itself starts with some objects frozen), nothing else is, and garbage cycles
+    # are still freed.
     import weakref
 
     again = _replayed_owner(journal, clock, 3000)
@@ -590,10 +593,15 @@ def test_replay_puts_what_it_read_in_the_oldest_generation_without_freezing_anyt
     weakref.finalize(before, freed.append, "before")
     del before
     gc.collect(0)  # it has aged once, as an application's objects do
-    assert gc.isenabled() and gc.get_freeze_count() == 0
-    again.start()
+    mine = [object()]
+    if frozen_before:
+        gc.freeze()  # e.g. before a fork, to keep pages shared
+    frozen = gc.get_freeze_count()
+    assert gc.isenabled() and (frozen > 0 or not frozen_before)
     try:
-        assert gc.get_freeze_count() == 0
+        again.start()
+        assert gc.get_freeze_count() == frozen
+        assert any(o is mine for o in gc.get_objects()) != frozen_before  # still frozen, or not
         young = {id(o) for o in gc.get_objects(generation=0) + gc.get_objects(generation=1)}
         recs = [r for r in again._table.tasks.values()]
         assert len(recs) == 3000
@@ -602,6 +610,8 @@ def test_replay_puts_what_it_read_in_the_oldest_generation_without_freezing_anyt
         gc.collect()
         assert freed == ["before"]  # the cycle made before the replay is still collected
     finally:
+        if frozen_before:
+            gc.unfreeze()
         assert again.stop(timeout=WAIT)
 
 
